@@ -1,0 +1,110 @@
+//! The admin listener: `/metrics`, `/healthz` and `/readyz`, on an address of its own so the
+//! proxied routes are never served there.
+
+use crate::metrics::metrics;
+use async_trait::async_trait;
+use http::{header, Response, StatusCode};
+use pingora_core::apps::http_app::ServeHttp;
+use pingora_core::protocols::http::ServerSession;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Readiness of the gateway: ready once every proxy listener accepts connections.
+///
+/// Pingora binds a service's listeners inside the service task and reports nothing when they
+/// are bound, so until the gateway has been seen ready, each `/readyz` request connects to
+/// every listener to find out. After that the answer is a flag.
+pub struct Readiness {
+    ready: AtomicBool,
+    listeners: Vec<SocketAddr>,
+}
+
+/// Returns an address to connect to for a listener: a wildcard address is reached on
+/// loopback.
+fn connectable(addr: SocketAddr) -> SocketAddr {
+    let ip = match addr.ip() {
+        IpAddr::V4(v4) if v4.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(v6) if v6.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    SocketAddr::new(ip, addr.port())
+}
+
+impl Readiness {
+    pub fn new(listeners: Vec<SocketAddr>) -> Self {
+        Readiness {
+            ready: AtomicBool::new(false),
+            listeners: listeners.into_iter().map(connectable).collect(),
+        }
+    }
+
+    pub fn set(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Release);
+    }
+
+    /// Checks whether the gateway is ready, probing the listeners until they are up.
+    pub async fn check(&self) -> bool {
+        if self.ready.load(Ordering::Acquire) {
+            return true;
+        }
+        for addr in &self.listeners {
+            let probe = tokio::time::timeout(PROBE_TIMEOUT, tokio::net::TcpStream::connect(addr));
+            if !matches!(probe.await, Ok(Ok(_))) {
+                return false;
+            }
+        }
+        self.set(true);
+        true
+    }
+}
+
+/// How long a readiness probe waits for a listener to accept.
+const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
+
+pub struct AdminApp {
+    pub readiness: Arc<Readiness>,
+}
+
+fn text(status: StatusCode, body: &str) -> Response<Vec<u8>> {
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
+        .header(header::CONTENT_LENGTH, body.len())
+        .body(body.as_bytes().to_vec())
+        .expect("static response parts are valid")
+}
+
+#[async_trait]
+impl ServeHttp for AdminApp {
+    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let request = session.req_header();
+        if request.method != http::Method::GET && request.method != http::Method::HEAD {
+            return text(StatusCode::METHOD_NOT_ALLOWED, "405 Method Not Allowed\n");
+        }
+        match request.uri.path() {
+            "/metrics" => {
+                let body = metrics().render();
+                Response::builder()
+                    .status(StatusCode::OK)
+                    .header(
+                        header::CONTENT_TYPE,
+                        "text/plain; version=0.0.4; charset=utf-8",
+                    )
+                    .header(header::CONTENT_LENGTH, body.len())
+                    .body(body)
+                    .expect("static response parts are valid")
+            }
+            "/healthz" => text(StatusCode::OK, "ok\n"),
+            "/readyz" => {
+                if self.readiness.check().await {
+                    text(StatusCode::OK, "ready\n")
+                } else {
+                    text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+                }
+            }
+            _ => text(StatusCode::NOT_FOUND, "404 Not Found\n"),
+        }
+    }
+}

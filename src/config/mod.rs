@@ -1,0 +1,136 @@
+//! Configuration: the YAML file format ([`file`]), its validation, and the compiled runtime
+//! view ([`RuntimeConfig`]) that the proxy reads on every request.
+
+pub mod compile;
+pub mod file;
+pub mod locate;
+pub mod units;
+
+pub use compile::{
+    DirectResponse, Listener, ListenerTls, Route, RouteAction, RuntimeConfig, Timeouts,
+};
+
+use locate::PositionIndex;
+use std::fmt;
+use std::path::Path;
+
+/// One problem found in a config file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diagnostic {
+    pub line: Option<usize>,
+    pub column: Option<usize>,
+    /// Key path such as `routes[1].upstream`; empty for a problem with the whole file.
+    pub path: String,
+    pub message: String,
+}
+
+/// Every problem found in a config file, with the file's name.
+#[derive(Debug, Clone)]
+pub struct ConfigError {
+    pub file: String,
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, d) in self.diagnostics.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "error: {}", self.file)?;
+            if let Some(line) = d.line {
+                write!(f, ":{line}:{}", d.column.unwrap_or(1))?;
+            }
+            if d.path.is_empty() {
+                write!(f, ": {}", d.message)?;
+            } else {
+                write!(f, ": {}: {}", d.path, d.message)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Reads, parses and validates the config file at `path`.
+pub fn load_file(path: &Path) -> Result<RuntimeConfig, ConfigError> {
+    let name = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        file: name.clone(),
+        diagnostics: vec![Diagnostic {
+            line: None,
+            column: None,
+            path: String::new(),
+            message: format!("cannot read the config file: {e}"),
+        }],
+    })?;
+    let base_dir = path.parent().unwrap_or(Path::new("."));
+    load_str(&text, &name, base_dir)
+}
+
+/// Parses and validates config text. `file` names it in errors; relative paths in it (TLS
+/// certificates) are resolved against `base_dir`.
+pub fn load_str(text: &str, file: &str, base_dir: &Path) -> Result<RuntimeConfig, ConfigError> {
+    let parsed: file::FileConfig = serde_yaml::from_str(text).map_err(|e| ConfigError {
+        file: file.to_owned(),
+        diagnostics: vec![serde_diagnostic(&e)],
+    })?;
+    compile::compile(parsed, base_dir).map_err(|problems| {
+        let index = PositionIndex::build(text);
+        let diagnostics = problems
+            .into_iter()
+            .map(|p| {
+                let position = if p.at_key {
+                    index.find_key(&p.path)
+                } else {
+                    index.find(&p.path)
+                };
+                Diagnostic {
+                    line: position.map(|p| p.line),
+                    column: position.map(|p| p.column),
+                    path: p.path,
+                    message: p.message,
+                }
+            })
+            .collect();
+        ConfigError {
+            file: file.to_owned(),
+            diagnostics,
+        }
+    })
+}
+
+/// Turns a serde_yaml error into a diagnostic. Its text is `PATH: MESSAGE at line L column C`;
+/// the path and the position are split out, and an unknown field's path is extended with the
+/// field itself so that it names the offending key.
+fn serde_diagnostic(error: &serde_yaml::Error) -> Diagnostic {
+    let mut text = error.to_string();
+    if let Some(at) = text.rfind(" at line ") {
+        text.truncate(at);
+    }
+    let (mut path, mut message) = match text.split_once(": ") {
+        Some((path, message)) if !path.contains(' ') => (path.to_owned(), message.to_owned()),
+        _ => (String::new(), text.clone()),
+    };
+    if let Some(rest) = message.strip_prefix("unknown field `") {
+        if let Some((field, expected)) = rest.split_once('`') {
+            path = if path.is_empty() {
+                field.to_owned()
+            } else {
+                format!("{path}.{field}")
+            };
+            message = format!("unknown key \"{field}\"{}", expected.replace('`', "\""));
+        }
+    } else if message.starts_with("missing field `") {
+        message = message.replacen("missing field", "missing key", 1);
+    }
+    let message = message.replace('`', "\"");
+    let location = error.location();
+    Diagnostic {
+        line: location.as_ref().map(|l| l.line()),
+        column: location.as_ref().map(|l| l.column()),
+        path,
+        message,
+    }
+}

@@ -1,0 +1,59 @@
+//! Per-request state, created when a request arrives and dropped when it ends.
+
+use crate::config::{Route, RuntimeConfig};
+use crate::upstream::{InFlight, Upstream};
+use http::HeaderValue;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub struct RequestContext {
+    /// The config this request started on; a reload does not change it mid-request.
+    pub config: Arc<RuntimeConfig>,
+    pub started: Instant,
+    pub request_id: Option<HeaderValue>,
+    pub client_ip: Option<IpAddr>,
+    pub route: Option<Arc<Route>>,
+    /// Request target to send upstream when normalization or `strip_prefix` changed it.
+    pub forward_target: Option<Vec<u8>>,
+    /// Normalized path, kept for `hash_on: path`.
+    pub normalized_path: Option<Vec<u8>>,
+    pub upstream: Option<Arc<Upstream>>,
+    /// Index into the upstream's targets of the current attempt.
+    pub target: Option<usize>,
+    /// Bit i set: target i was tried already (first 64 targets).
+    pub tried_targets: u64,
+    /// Retries used after connect failures.
+    pub retries: u32,
+    pub in_flight: Option<InFlight>,
+    pub upstream_sent_at: Option<Instant>,
+    pub upstream_duration: Option<Duration>,
+    /// Status decided by `fail_to_proxy`, for logging when no response header was written.
+    pub error_status: Option<u16>,
+}
+
+impl RequestContext {
+    pub fn new(config: Arc<RuntimeConfig>) -> Self {
+        RequestContext {
+            config,
+            started: Instant::now(),
+            request_id: None,
+            client_ip: None,
+            route: None,
+            forward_target: None,
+            normalized_path: None,
+            upstream: None,
+            target: None,
+            tried_targets: 0,
+            retries: 0,
+            in_flight: None,
+            upstream_sent_at: None,
+            upstream_duration: None,
+            error_status: None,
+        }
+    }
+
+    pub fn route_name(&self) -> &str {
+        self.route.as_deref().map_or("", |r| r.name.as_str())
+    }
+}

@@ -1,0 +1,166 @@
+//! Header rewriting: the route's `set`/`add`/`remove` operations, hop-by-hop stripping, the
+//! `X-Forwarded-*` headers and `X-Request-Id`.
+
+use http::header::{self, HeaderName, HeaderValue};
+use pingora_http::{RequestHeader, ResponseHeader};
+
+pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// The most `Connection` tokens honoured per request, so a huge header cannot make the gateway
+/// do unbounded work. Tokens past it are ignored.
+const MAX_CONNECTION_TOKENS: usize = 32;
+
+/// Compiled `request_headers` or `response_headers` of a route.
+#[derive(Debug, Clone, Default)]
+pub struct HeaderOps {
+    pub set: Vec<(HeaderName, HeaderValue)>,
+    pub add: Vec<(HeaderName, HeaderValue)>,
+    pub remove: Vec<HeaderName>,
+}
+
+/// Headers that describe one connection or framing and are never copied between hops.
+pub fn is_hop_by_hop(name: &HeaderName) -> bool {
+    name == header::CONNECTION
+        || name == KEEP_ALIVE
+        || name == PROXY_CONNECTION
+        || name == header::TE
+        || name == header::TRAILER
+        || name == header::TRANSFER_ENCODING
+        || name == header::UPGRADE
+}
+
+impl HeaderOps {
+    pub fn is_empty(&self) -> bool {
+        self.set.is_empty() && self.add.is_empty() && self.remove.is_empty()
+    }
+
+    /// Applies remove, then set, then add. Pingora's header types keep the original name
+    /// casing, which is why this goes through their methods.
+    pub fn apply_to_request(&self, request: &mut RequestHeader) {
+        for name in &self.remove {
+            request.remove_header(name);
+        }
+        for (name, value) in &self.set {
+            // Names and values were validated at load, so these calls cannot fail.
+            let _ = request.insert_header(name.clone(), value.clone());
+        }
+        for (name, value) in &self.add {
+            let _ = request.append_header(name.clone(), value.clone());
+        }
+    }
+
+    pub fn apply_to_response(&self, response: &mut ResponseHeader) {
+        for name in &self.remove {
+            response.remove_header(name);
+        }
+        for (name, value) in &self.set {
+            let _ = response.insert_header(name.clone(), value.clone());
+        }
+        for (name, value) in &self.add {
+            let _ = response.append_header(name.clone(), value.clone());
+        }
+    }
+}
+
+/// Removes from the upstream request every header that the client's `Connection` header names.
+///
+/// Pingora's own hop-by-hop policy has already removed the standard hop-by-hop headers and the
+/// `Connection` header itself (keeping `Connection: Upgrade` for a WebSocket upgrade), so the
+/// tokens are read from the original client request. The gateway adds its own headers after
+/// this step, so a client that names `X-Forwarded-For` only drops the value it sent itself.
+pub fn remove_connection_nominated(client: &RequestHeader, upstream: &mut RequestHeader) {
+    let tokens = client
+        .headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .flat_map(|value| value.as_bytes().split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|token| !token.is_empty())
+        .take(MAX_CONNECTION_TOKENS);
+    for token in tokens {
+        let Ok(name) = HeaderName::from_bytes(token) else {
+            continue;
+        };
+        // Host must reach the upstream, and the upgrade handshake is Pingora's to keep.
+        if name == header::HOST || name == header::UPGRADE || name == header::CONNECTION {
+            continue;
+        }
+        upstream.remove_header(&name);
+    }
+}
+
+/// Removes hop-by-hop headers of an upstream response that must not reach the client:
+/// `Keep-Alive`, `Proxy-Connection` and the headers its `Connection` header names. The
+/// `Connection`, `Transfer-Encoding` and `Upgrade` headers themselves are left to Pingora,
+/// which rewrites them for the client connection and needs them to frame the body.
+pub fn remove_response_hop_by_hop(response: &mut ResponseHeader) {
+    response.remove_header(&KEEP_ALIVE);
+    response.remove_header(&PROXY_CONNECTION);
+    let nominated: Vec<HeaderName> = response
+        .headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .flat_map(|value| value.as_bytes().split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter_map(|token| HeaderName::from_bytes(token).ok())
+        .filter(|name| !is_hop_by_hop(name) && name != header::CONTENT_LENGTH)
+        .take(MAX_CONNECTION_TOKENS)
+        .collect();
+    for name in nominated {
+        response.remove_header(&name);
+    }
+}
+
+/// Returns true when a client-sent request id may be kept: 1 to 128 characters from
+/// `A-Z a-z 0-9 - _ . :`.
+pub fn is_valid_request_id(value: &[u8]) -> bool {
+    !value.is_empty()
+        && value.len() <= 128
+        && value
+            .iter()
+            .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+}
+
+/// Generates a random request id: a UUID version 4 in its hyphenated form.
+pub fn generate_request_id() -> HeaderValue {
+    let mut buffer = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    let text = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buffer);
+    HeaderValue::from_str(text).expect("a UUID is a valid header value")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_id_validation() {
+        assert!(is_valid_request_id(b"abc-123_x.y:z"));
+        assert!(!is_valid_request_id(b""));
+        assert!(!is_valid_request_id(b"has space"));
+        assert!(!is_valid_request_id(&[b'a'; 129]));
+        assert!(is_valid_request_id(generate_request_id().as_bytes()));
+    }
+
+    #[test]
+    fn nominated_headers_are_removed() {
+        let mut client = RequestHeader::build("GET", b"/", None).unwrap();
+        client
+            .insert_header("connection", "close, X-User, host, x-forwarded-for")
+            .unwrap();
+        let mut upstream = client.clone();
+        upstream.insert_header("x-user", "u").unwrap();
+        upstream.insert_header("host", "a").unwrap();
+        upstream
+            .insert_header("x-forwarded-for", "1.2.3.4")
+            .unwrap();
+        remove_connection_nominated(&client, &mut upstream);
+        assert!(upstream.headers.get("x-user").is_none());
+        assert!(upstream.headers.get("x-forwarded-for").is_none());
+        assert_eq!(upstream.headers.get("host").unwrap(), "a");
+    }
+}

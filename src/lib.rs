@@ -1,0 +1,23 @@
+//! gatehouse: an API gateway on Cloudflare's Pingora.
+//!
+//! A request passes through the modules in this order: [`proxy`] (the Pingora hooks) asks
+//! [`dispatch`] for a route ([`path`] normalization, [`routing`] matchers), [`upstream`] picks a
+//! target, [`headers`] rewrites the request and response, [`errors`] answers failures, and
+//! [`access_log`] records metrics and the log line. [`config`] builds everything they read.
+
+pub mod access_log;
+pub mod admin;
+pub mod cli;
+pub mod client_ip;
+pub mod config;
+pub mod context;
+pub mod dispatch;
+pub mod errors;
+pub mod headers;
+pub mod logging;
+pub mod metrics;
+pub mod path;
+pub mod proxy;
+pub mod routing;
+pub mod server;
+pub mod upstream;

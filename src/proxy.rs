@@ -1,0 +1,469 @@
+//! The `ProxyHttp` implementation: one method per request-lifecycle phase, each calling the
+//! module that owns the concern (routing, upstream selection, headers, errors, logging).
+
+use crate::access_log;
+use crate::client_ip::client_ip;
+use crate::config::{RouteAction, RuntimeConfig};
+use crate::context::RequestContext;
+use crate::dispatch::dispatch;
+use crate::errors::{
+    status_for_error, upstream_error_kind, write_error, write_generated_response,
+    CLIENT_CLOSED_REQUEST,
+};
+use crate::headers::{
+    generate_request_id, is_valid_request_id, remove_connection_nominated, X_FORWARDED_FOR,
+    X_FORWARDED_HOST, X_FORWARDED_PROTO, X_REQUEST_ID,
+};
+use crate::metrics::metrics;
+use crate::upstream::{HashKey, InFlight};
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use bytes::BytesMut;
+use http::{header, HeaderValue, StatusCode, Version};
+use pingora_core::upstreams::peer::{HttpPeer, HttpUpstreamRequestPolicy};
+use pingora_error::{Error, ErrorType, Result};
+use pingora_http::{RequestHeader, ResponseHeader};
+use pingora_proxy::{FailToProxy, ProxyHttp, Session};
+use std::borrow::Cow;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// The gateway: the current compiled config, swapped whole on reload.
+pub struct Gateway {
+    config: Arc<ArcSwap<RuntimeConfig>>,
+}
+
+impl Gateway {
+    pub fn new(config: Arc<ArcSwap<RuntimeConfig>>) -> Self {
+        Gateway { config }
+    }
+}
+
+/// What `request_filter` decided, computed while the request header is borrowed.
+enum Decision {
+    BadRequest,
+    NoRoute,
+    Respond,
+    Proxy,
+}
+
+/// Returns the request target as origin-form bytes. An absolute-form target
+/// (`GET http://host/path`) is reduced to its path and query.
+fn origin_form_target(request: &RequestHeader) -> Cow<'_, [u8]> {
+    let raw = request.raw_path();
+    if raw.first() == Some(&b'/') {
+        return Cow::Borrowed(raw);
+    }
+    match request.uri.path_and_query() {
+        Some(pq) if pq.as_str().starts_with('/') => Cow::Owned(pq.as_str().as_bytes().to_vec()),
+        _ => Cow::Borrowed(raw),
+    }
+}
+
+/// Returns the host the client asked for: the Host header, or the URI authority (HTTP/2).
+fn request_host(request: &RequestHeader) -> &str {
+    request
+        .headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| request.uri.authority().map(|a| a.as_str()))
+        .unwrap_or("")
+}
+
+/// Makes an upstream response fit an HTTP/1 client connection. Pingora copies the upstream's
+/// HTTP version and framing as they are, so an HTTP/1.0 upstream's close-delimited body would
+/// reach an HTTP/1.1 client as `HTTP/1.0` with `Connection: keep-alive` and no length. The
+/// response is sent as HTTP/1.1 with a chunked body instead; an HTTP/1.0 client gets the body
+/// close-delimited and the connection closed.
+fn frame_for_http1_client(session: &mut Session, response: &mut ResponseHeader) -> Result<()> {
+    let client_is_http11 = session.req_header().version == Version::HTTP_11;
+    if client_is_http11 && response.version != Version::HTTP_11 {
+        response.set_version(Version::HTTP_11);
+    }
+    let status = response.status;
+    let bodyless = status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+        || session.req_header().method == http::Method::HEAD;
+    let framed = response.headers.contains_key(header::CONTENT_LENGTH)
+        || response.headers.contains_key(header::TRANSFER_ENCODING);
+    if bodyless || framed {
+        return Ok(());
+    }
+    if client_is_http11 {
+        response.insert_header(header::TRANSFER_ENCODING, "chunked")?;
+    } else {
+        session.set_keepalive(None);
+    }
+    Ok(())
+}
+
+fn is_tls(session: &Session) -> bool {
+    session
+        .digest()
+        .is_some_and(|digest| digest.ssl_digest.is_some())
+}
+
+impl Gateway {
+    /// Routes the request and records the result in `ctx`.
+    fn decide(&self, session: &Session, ctx: &mut RequestContext) -> Decision {
+        let request = session.req_header();
+        let target = origin_form_target(request);
+        let dispatched = dispatch(
+            &ctx.config,
+            &request.method,
+            &target,
+            request_host(request),
+            &request.headers,
+        );
+        let found = match dispatched {
+            Err(_) => return Decision::BadRequest,
+            Ok(None) => return Decision::NoRoute,
+            Ok(Some(found)) => found,
+        };
+        let route = found.route;
+        let decision = match &route.action {
+            RouteAction::Respond(_) => Decision::Respond,
+            RouteAction::Proxy(upstream) => {
+                // An absolute-form target is always rewritten to origin-form.
+                ctx.forward_target = match found.forward_target {
+                    Some(forward) => Some(forward),
+                    None if target.as_ref() != request.raw_path() => Some(target.to_vec()),
+                    None => None,
+                };
+                if upstream.hash_key == Some(HashKey::Path) {
+                    ctx.normalized_path = Some(found.normalized_path.into_owned());
+                }
+                ctx.upstream = Some(upstream.clone());
+                Decision::Proxy
+            }
+        };
+        ctx.route = Some(route);
+        decision
+    }
+
+    /// Returns the consistent-hash key of this request.
+    fn hash_key<'a>(
+        &self,
+        session: &'a Session,
+        ctx: &'a RequestContext,
+        key: &HashKey,
+    ) -> Cow<'a, [u8]> {
+        let headers = &session.req_header().headers;
+        match key {
+            HashKey::ClientIp => Cow::Owned(
+                ctx.client_ip
+                    .map(|ip| ip.to_string().into_bytes())
+                    .unwrap_or_default(),
+            ),
+            HashKey::Path => Cow::Borrowed(ctx.normalized_path.as_deref().unwrap_or_default()),
+            HashKey::Header(name) => {
+                Cow::Borrowed(headers.get(name).map_or(&[][..], |v| v.as_bytes()))
+            }
+            HashKey::Cookie(name) => {
+                let found = headers
+                    .get_all(header::COOKIE)
+                    .iter()
+                    .flat_map(|v| v.as_bytes().split(|&b| b == b';'))
+                    .find_map(|pair| {
+                        let pair = pair.trim_ascii();
+                        let (k, v) = pair.split_at(pair.iter().position(|&b| b == b'=')?);
+                        (k == name.as_bytes()).then(|| &v[1..])
+                    });
+                Cow::Borrowed(found.unwrap_or_default())
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Gateway {
+    type CTX = RequestContext;
+
+    fn new_ctx(&self) -> Self::CTX {
+        RequestContext::new(self.config.load_full())
+    }
+
+    /// Assigns the request id, finds the client address and the route, and answers requests
+    /// that need no upstream: bad paths (400), no route (404) and `respond` routes.
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<bool> {
+        let request = session.req_header();
+        let request_id = request
+            .headers
+            .get(&X_REQUEST_ID)
+            .filter(|v| is_valid_request_id(v.as_bytes()))
+            .cloned()
+            .unwrap_or_else(generate_request_id);
+        ctx.request_id = Some(request_id);
+        if let Some(peer) = session.client_addr().and_then(|a| a.as_inet()) {
+            ctx.client_ip = Some(client_ip(
+                peer.ip(),
+                &session.req_header().headers,
+                &ctx.config.trusted_proxies,
+            ));
+        }
+
+        match self.decide(session, ctx) {
+            Decision::Proxy => Ok(false),
+            Decision::BadRequest => {
+                write_error(
+                    session,
+                    StatusCode::BAD_REQUEST,
+                    ctx.request_id.as_ref(),
+                    true,
+                )
+                .await?;
+                Ok(true)
+            }
+            Decision::NoRoute => {
+                write_error(
+                    session,
+                    StatusCode::NOT_FOUND,
+                    ctx.request_id.as_ref(),
+                    false,
+                )
+                .await?;
+                Ok(true)
+            }
+            Decision::Respond => {
+                let route = ctx.route.clone().expect("decide() sets the route");
+                let RouteAction::Respond(direct) = &route.action else {
+                    unreachable!("Decision::Respond comes from a respond route");
+                };
+                let mut response =
+                    ResponseHeader::build(direct.status, Some(direct.headers.len() + 2))?;
+                for (name, value) in &direct.headers {
+                    response.append_header(name.clone(), value.clone())?;
+                }
+                route.response_headers.apply_to_response(&mut response);
+                write_generated_response(
+                    session,
+                    response,
+                    direct.body.clone(),
+                    ctx.request_id.as_ref(),
+                    false,
+                )
+                .await?;
+                Ok(true)
+            }
+        }
+    }
+
+    /// Picks the target for this attempt. A retry after a connect failure prefers targets
+    /// not tried yet.
+    async fn upstream_peer(
+        &self,
+        session: &mut Session,
+        ctx: &mut Self::CTX,
+    ) -> Result<Box<HttpPeer>> {
+        let (Some(route), Some(upstream)) = (ctx.route.clone(), ctx.upstream.clone()) else {
+            return Err(Error::explain(
+                ErrorType::InternalError,
+                "no upstream for this request",
+            ));
+        };
+        let index = match &upstream.hash_key {
+            Some(key) => {
+                let key = self.hash_key(session, ctx, key).into_owned();
+                upstream.select(&key, ctx.tried_targets)
+            }
+            None => upstream.select(&[], ctx.tried_targets),
+        };
+        if index < 64 {
+            ctx.tried_targets |= 1 << index;
+        }
+        ctx.target = Some(index);
+        if upstream.balance == crate::config::file::Balance::LeastRequests {
+            ctx.in_flight = Some(InFlight::start(upstream.clone(), index));
+        }
+
+        let target = &upstream.targets[index];
+        let (tls, sni) = match &upstream.tls {
+            Some(tls) => (true, tls.sni.clone()),
+            None => (false, String::new()),
+        };
+        let mut peer = HttpPeer::new(target.addr, tls, sni);
+        let options = &mut peer.options;
+        options.connection_timeout = Some(route.timeouts.connect);
+        options.total_connection_timeout = Some(route.timeouts.connect);
+        options.read_timeout = Some(route.timeouts.upstream_read);
+        options.write_timeout = Some(route.timeouts.upstream_write);
+        options.idle_timeout = Some(upstream.keepalive_idle_timeout);
+        if let Some(tls) = &upstream.tls {
+            options.verify_cert = tls.verify;
+            options.verify_hostname = tls.verify;
+        }
+        // Pingora strips the standard hop-by-hop headers; the headers a client names in
+        // `Connection` are removed by the gateway itself (see `remove_connection_nominated`),
+        // because Pingora rejects the whole request when one of them is X-Forwarded-For.
+        options.http_upstream_request_policy = HttpUpstreamRequestPolicy {
+            strip_connection_nominated: false,
+            ..HttpUpstreamRequestPolicy::default()
+        };
+        Ok(Box::new(peer))
+    }
+
+    /// Rewrites the request sent upstream: path, Host, hop-by-hop headers, forwarding headers,
+    /// request id, then the route's own header operations.
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut Self::CTX,
+    ) -> Result<()> {
+        let client_request = session.req_header();
+        remove_connection_nominated(client_request, upstream_request);
+
+        if let Some(target) = &ctx.forward_target {
+            upstream_request.set_raw_path(target)?;
+        }
+        let route = ctx.route.as_deref().expect("a proxied request has a route");
+        if let Some(host) = &route.rewrite_host {
+            upstream_request.insert_header(header::HOST, host.clone())?;
+        }
+
+        if let Some(peer) = session.client_addr().and_then(|a| a.as_inet()) {
+            let mut forwarded_for = BytesMut::with_capacity(64);
+            for value in upstream_request.headers.get_all(&X_FORWARDED_FOR) {
+                forwarded_for.extend_from_slice(value.as_bytes());
+                forwarded_for.extend_from_slice(b", ");
+            }
+            forwarded_for.extend_from_slice(peer.ip().to_string().as_bytes());
+            let value = HeaderValue::from_maybe_shared(forwarded_for.freeze())
+                .map_err(|_| Error::explain(ErrorType::InvalidHTTPHeader, "bad X-Forwarded-For"))?;
+            upstream_request.insert_header(X_FORWARDED_FOR.clone(), value)?;
+        }
+        let proto = if is_tls(session) { "https" } else { "http" };
+        upstream_request.insert_header(X_FORWARDED_PROTO.clone(), proto)?;
+        match session.req_header().headers.get(header::HOST).cloned() {
+            Some(host) => upstream_request.insert_header(X_FORWARDED_HOST.clone(), host)?,
+            None => {
+                upstream_request.remove_header(&X_FORWARDED_HOST);
+            }
+        }
+        if let Some(id) = &ctx.request_id {
+            upstream_request.insert_header(X_REQUEST_ID.clone(), id.clone())?;
+        }
+        route.request_headers.apply_to_request(upstream_request);
+        ctx.upstream_sent_at = Some(Instant::now());
+        Ok(())
+    }
+
+    /// Records when the response header arrived and removes the upstream's hop-by-hop headers.
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut Self::CTX,
+    ) -> Result<()> {
+        if let (Some(sent), None) = (ctx.upstream_sent_at, ctx.upstream_duration) {
+            if !upstream_response.status.is_informational() {
+                ctx.upstream_duration = Some(sent.elapsed());
+            }
+        }
+        crate::headers::remove_response_hop_by_hop(upstream_response);
+        Ok(())
+    }
+
+    /// Applies the route's response header operations, returns the request id, and fixes the
+    /// framing of an HTTP/1.0 upstream response for the client.
+    async fn response_filter(
+        &self,
+        session: &mut Session,
+        response: &mut ResponseHeader,
+        ctx: &mut Self::CTX,
+    ) -> Result<()> {
+        if !session.as_downstream().is_http2() {
+            frame_for_http1_client(session, response)?;
+        }
+        if let Some(route) = &ctx.route {
+            route.response_headers.apply_to_response(response);
+        }
+        if let Some(id) = &ctx.request_id {
+            response.insert_header(X_REQUEST_ID.clone(), id.clone())?;
+        }
+        Ok(())
+    }
+
+    /// Counts the failure and allows a retry on another target while the upstream's
+    /// `retries.attempts` budget lasts. Nothing was sent, so any method may be retried.
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut Self::CTX,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        if let Some(upstream) = &ctx.upstream {
+            metrics()
+                .upstream_errors_total
+                .with_label_values(&[upstream.name.as_str(), upstream_error_kind(&e)])
+                .inc();
+            if ctx.retries < upstream.retry_attempts {
+                ctx.retries += 1;
+                e.set_retry(true);
+            } else {
+                e.set_retry(false);
+            }
+        }
+        e
+    }
+
+    /// Counts the failure and keeps Pingora's retry policy: only idempotent requests, and only
+    /// on reused connections where the failure can be a stale pooled connection.
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut Self::CTX,
+        client_reused: bool,
+    ) -> Box<Error> {
+        if let Some(upstream) = &ctx.upstream {
+            if e.esource() == &pingora_error::ErrorSource::Upstream {
+                metrics()
+                    .upstream_errors_total
+                    .with_label_values(&[upstream.name.as_str(), upstream_error_kind(&e)])
+                    .inc();
+            }
+        }
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        if !session.req_header().method.is_idempotent() || session.as_ref().retry_buffer_truncated()
+        {
+            e.set_retry(false);
+        } else {
+            e.retry.decide_reuse(client_reused);
+        }
+        e
+    }
+
+    /// Answers a failed request with a short error: 504 for upstream timeouts, 502 for other
+    /// upstream failures, nothing for a client that went away (logged as 499).
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut Self::CTX,
+    ) -> FailToProxy {
+        let code = status_for_error(e);
+        ctx.error_status = Some(code);
+        if code != CLIENT_CLOSED_REQUEST && session.response_written().is_none() {
+            let status = StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_GATEWAY);
+            if let Err(write_error_cause) =
+                write_error(session, status, ctx.request_id.as_ref(), true).await
+            {
+                tracing::debug!(error = %write_error_cause, "failed to send error response");
+            }
+        }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    /// Records metrics and writes the access log line, once per request.
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Self::CTX) {
+        ctx.in_flight = None;
+        access_log::record(session, e, ctx);
+    }
+}

@@ -1,0 +1,119 @@
+//! Process setup: the Pingora server, the proxy service with its listeners, and the admin
+//! service.
+
+use crate::admin::{AdminApp, Readiness};
+use crate::config::RuntimeConfig;
+use crate::proxy::Gateway;
+use arc_swap::ArcSwap;
+use pingora_core::apps::http_app::HttpServer;
+use pingora_core::listeners::tls::TlsSettings;
+use pingora_core::server::configuration::{Opt, ServerConf};
+use pingora_core::server::Server;
+use pingora_core::services::listening::Service;
+use std::sync::Arc;
+
+/// Process options that come from the command line rather than the config file.
+#[derive(Debug, Clone, Default)]
+pub struct ProcessOptions {
+    /// Take the listening sockets over from a running gatehouse (Pingora's graceful upgrade).
+    pub upgrade: bool,
+    pub daemon: bool,
+    pub pid_file: String,
+    pub upgrade_sock: String,
+}
+
+fn server_conf(config: &RuntimeConfig, options: &ProcessOptions) -> ServerConf {
+    let mut conf = ServerConf {
+        threads: config.threads,
+        daemon: options.daemon,
+        pid_file: options.pid_file.clone(),
+        upgrade_sock: options.upgrade_sock.clone(),
+        ..ServerConf::default()
+    };
+    // NOTE: Pingora keeps accepting for `grace_period_seconds` after SIGTERM (meant for the
+    // socket handover of an upgrade), then waits up to `graceful_shutdown_timeout_seconds`
+    // for in-flight requests. gatehouse stops accepting at once and gives in-flight requests
+    // `server.grace_period`.
+    conf.grace_period_seconds = Some(0);
+    conf.graceful_shutdown_timeout_seconds = Some(config.grace_period.as_secs().max(1));
+    // Pingora has one connection pool per process; give it room for every upstream's
+    // `keepalive.max_idle`.
+    conf.upstream_keepalive_pool_size = config
+        .upstreams
+        .iter()
+        .map(|u| u.keepalive_max_idle)
+        .sum::<usize>()
+        .max(1);
+    conf
+}
+
+/// Builds the Pingora server for `config` and runs it until the process is told to stop.
+pub fn run(config: RuntimeConfig, options: ProcessOptions) -> ! {
+    let opt = Opt {
+        upgrade: options.upgrade,
+        daemon: options.daemon,
+        nocapture: false,
+        test: false,
+        conf: None,
+    };
+    let conf = server_conf(&config, &options);
+    let mut server = Server::new_with_opt_and_conf(opt, conf);
+    server.bootstrap();
+
+    for warning in &config.warnings {
+        tracing::warn!("config: {warning}");
+    }
+
+    let listeners = config.listeners.clone();
+    let admin_addr = config.admin;
+    let readiness = Arc::new(Readiness::new(listeners.iter().map(|l| l.addr).collect()));
+    let shared = Arc::new(ArcSwap::from_pointee(config));
+
+    let mut proxy = pingora_proxy::http_proxy_service_with_name(
+        &server.configuration,
+        Gateway::new(shared),
+        "gatehouse proxy",
+    );
+    for listener in &listeners {
+        let addr = listener.addr.to_string();
+        match &listener.tls {
+            None => proxy.add_tcp(&addr),
+            Some(tls) => {
+                let settings = TlsSettings::intermediate(
+                    &tls.cert.to_string_lossy(),
+                    &tls.key.to_string_lossy(),
+                );
+                let mut settings = match settings {
+                    Ok(settings) => settings,
+                    Err(e) => {
+                        eprintln!(
+                            "error: listener {}: cannot load TLS certificate \"{}\" or key \"{}\": {e}",
+                            listener.text,
+                            tls.cert.display(),
+                            tls.key.display()
+                        );
+                        std::process::exit(1);
+                    }
+                };
+                settings.enable_h2();
+                proxy.add_tls_with_settings(&addr, None, settings);
+            }
+        }
+        tracing::info!(address = %listener.text, tls = listener.tls.is_some(), "proxy listener");
+    }
+    server.add_service(proxy);
+
+    if let Some(addr) = admin_addr {
+        let app = AdminApp {
+            readiness: readiness.clone(),
+        };
+        let mut admin = Service::new("gatehouse admin".to_owned(), HttpServer::new_app(app));
+        admin.add_tcp(&addr.to_string());
+        // One thread is plenty for scrapes and probes, and keeps them off the proxy's threads.
+        admin.threads = Some(1);
+        server.add_service(admin);
+        tracing::info!(address = %addr, "admin listener");
+    }
+
+    server.run_forever()
+}
