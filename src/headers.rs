@@ -94,6 +94,25 @@ pub fn remove_connection_nominated(client: &RequestHeader, upstream: &mut Reques
     }
 }
 
+/// Removes an `Upgrade` header that the client's `Connection` header does not name. Such a
+/// request is not a protocol upgrade (RFC 9110 section 7.8), but Pingora treats any request
+/// with `Upgrade` as one and would forward a WebSocket handshake for it.
+pub fn remove_unannounced_upgrade(request: &mut RequestHeader) {
+    if !request.headers.contains_key(header::UPGRADE) {
+        return;
+    }
+    let announced = request
+        .headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .flat_map(|value| value.as_bytes().split(|&b| b == b','))
+        .take(MAX_CONNECTION_TOKENS)
+        .any(|token| token.trim_ascii().eq_ignore_ascii_case(b"upgrade"));
+    if !announced {
+        request.remove_header(&header::UPGRADE);
+    }
+}
+
 /// Removes hop-by-hop headers of an upstream response that must not reach the client:
 /// `Keep-Alive`, `Proxy-Connection` and the headers its `Connection` header names. The
 /// `Connection`, `Transfer-Encoding` and `Upgrade` headers themselves are left to Pingora,

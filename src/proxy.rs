@@ -11,8 +11,8 @@ use crate::errors::{
     CLIENT_CLOSED_REQUEST,
 };
 use crate::headers::{
-    generate_request_id, is_valid_request_id, remove_connection_nominated, X_FORWARDED_FOR,
-    X_FORWARDED_HOST, X_FORWARDED_PROTO, X_REQUEST_ID,
+    generate_request_id, is_valid_request_id, remove_connection_nominated,
+    remove_unannounced_upgrade, X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO, X_REQUEST_ID,
 };
 use crate::metrics::metrics;
 use crate::upstream::{HashKey, InFlight};
@@ -187,6 +187,7 @@ impl ProxyHttp for Gateway {
     /// Assigns the request id, finds the client address and the route, and answers requests
     /// that need no upstream: bad paths (400), no route (404) and `respond` routes.
     async fn request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<bool> {
+        remove_unannounced_upgrade(session.req_header_mut());
         let request = session.req_header();
         let request_id = request
             .headers

@@ -353,6 +353,7 @@ fn compile_match(c: &mut Checker, path: &str, m: &MatchFile) -> RouteMatcher {
             Err(e) => {
                 let reason = e.to_string();
                 let last_line = reason.lines().last().unwrap_or("").trim();
+                let last_line = last_line.strip_prefix("error: ").unwrap_or(last_line);
                 c.error(
                     format!("{path}.path_regex"),
                     format!("invalid regex \"{pattern}\": {last_line}"),

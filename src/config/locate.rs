@@ -20,6 +20,8 @@ pub struct Position {
 /// itself, and the key's position under `PATH#key` for mapping entries.
 pub struct PositionIndex {
     positions: HashMap<String, Position>,
+    /// Scalar values by path, to find which child of a mapping holds a reported value.
+    scalars: HashMap<String, String>,
 }
 
 enum Frame {
@@ -36,6 +38,7 @@ enum Frame {
 struct Collector {
     stack: Vec<Frame>,
     positions: HashMap<String, Position>,
+    scalars: HashMap<String, String>,
 }
 
 fn join(parent: &str, key: &str) -> String {
@@ -85,7 +88,8 @@ impl MarkedEventReceiver for Collector {
         match event {
             Event::Scalar(value, ..) => {
                 if let Some(path) = self.enter_node(Some(&value), mark) {
-                    self.positions.entry(path).or_insert(position(mark));
+                    self.positions.entry(path.clone()).or_insert(position(mark));
+                    self.scalars.entry(path).or_insert(value);
                 }
             }
             Event::Alias(_) => {
@@ -124,11 +128,13 @@ impl PositionIndex {
         let mut collector = Collector {
             stack: Vec::new(),
             positions: HashMap::new(),
+            scalars: HashMap::new(),
         };
         let mut parser = Parser::new_from_str(text);
         let _ = parser.load(&mut collector, false);
         PositionIndex {
             positions: collector.positions,
+            scalars: collector.scalars,
         }
     }
 
@@ -142,6 +148,22 @@ impl PositionIndex {
             let cut = current.rfind(['.', '['])?;
             current = &current[..cut];
         }
+    }
+
+    /// Finds the direct child of `parent` whose scalar value is `value`, if exactly one is.
+    pub fn child_with_value(&self, parent: &str, value: &str) -> Option<String> {
+        let mut found = self.scalars.iter().filter(|(path, scalar)| {
+            scalar.as_str() == value
+                && path
+                    .strip_prefix(parent)
+                    .and_then(|rest| {
+                        rest.strip_prefix('.')
+                            .or(if parent.is_empty() { Some(rest) } else { None })
+                    })
+                    .is_some_and(|key| !key.contains(['.', '[', '#']))
+        });
+        let first = found.next()?;
+        found.next().is_none().then(|| first.0.clone())
     }
 
     /// Finds the position of the key of a mapping entry, falling back to [`Self::find`].

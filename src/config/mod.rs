@@ -74,7 +74,7 @@ pub fn load_file(path: &Path) -> Result<RuntimeConfig, ConfigError> {
 pub fn load_str(text: &str, file: &str, base_dir: &Path) -> Result<RuntimeConfig, ConfigError> {
     let parsed: file::FileConfig = serde_yaml::from_str(text).map_err(|e| ConfigError {
         file: file.to_owned(),
-        diagnostics: vec![serde_diagnostic(&e)],
+        diagnostics: vec![refine_value_error(serde_diagnostic(&e), text)],
     })?;
     compile::compile(parsed, base_dir).map_err(|problems| {
         let index = PositionIndex::build(text);
@@ -101,14 +101,41 @@ pub fn load_str(text: &str, file: &str, base_dir: &Path) -> Result<RuntimeConfig
     })
 }
 
+/// Points a value error at the value. serde_yaml reports an error raised while deserializing
+/// a field's value (a bad duration, size or address) with the path of the enclosing mapping;
+/// when exactly one child of that mapping holds the quoted value, the path and position are
+/// moved to it.
+fn refine_value_error(mut diagnostic: Diagnostic, text: &str) -> Diagnostic {
+    let Some(value) = diagnostic
+        .message
+        .strip_prefix("invalid ")
+        .and_then(|rest| rest.split_once(" \""))
+        .and_then(|(_, rest)| rest.split_once('"'))
+        .map(|(value, _)| value.to_owned())
+    else {
+        return diagnostic;
+    };
+    let index = PositionIndex::build(text);
+    if let Some(child) = index.child_with_value(&diagnostic.path, &value) {
+        if let Some(position) = index.find(&child) {
+            diagnostic.line = Some(position.line);
+            diagnostic.column = Some(position.column);
+        }
+        diagnostic.path = child;
+    }
+    diagnostic
+}
+
 /// Turns a serde_yaml error into a diagnostic. Its text is `PATH: MESSAGE at line L column C`;
 /// the path and the position are split out, and an unknown field's path is extended with the
 /// field itself so that it names the offending key.
 fn serde_diagnostic(error: &serde_yaml::Error) -> Diagnostic {
-    let mut text = error.to_string();
-    if let Some(at) = text.rfind(" at line ") {
-        text.truncate(at);
-    }
+    let text = error.to_string();
+    // Positions are reported separately, so drop every "at line L column C" from the text.
+    static POSITION: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
+    let position = POSITION
+        .get_or_init(|| regex::Regex::new(r" at line \d+ column \d+").expect("valid regex"));
+    let text = position.replace_all(&text, "").into_owned();
     let (mut path, mut message) = match text.split_once(": ") {
         Some((path, message)) if !path.contains(' ') => (path.to_owned(), message.to_owned()),
         _ => (String::new(), text.clone()),
@@ -125,7 +152,9 @@ fn serde_diagnostic(error: &serde_yaml::Error) -> Diagnostic {
     } else if message.starts_with("missing field `") {
         message = message.replacen("missing field", "missing key", 1);
     }
-    let message = message.replace('`', "\"");
+    let message = message
+        .replacen("unknown variant", "unknown value", 1)
+        .replace('`', "\"");
     let location = error.location();
     Diagnostic {
         line: location.as_ref().map(|l| l.line()),
