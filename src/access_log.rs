@@ -1,15 +1,49 @@
 //! The access log and the per-request metrics, both recorded once per request in the
 //! `logging` phase.
 //!
-//! Access log lines are `tracing` events with target `access`; the subscriber set up in
-//! [`crate::logging`] writes them as one JSON object per line on standard output, through a
-//! writer thread so that no worker thread blocks on the terminal or a pipe.
+//! Each access log line is one JSON object with the same keys for every request, and `null`
+//! where a value does not apply. Lines go to standard output through the writer thread that
+//! [`crate::logging::init`] starts, so no worker thread blocks on the terminal or a pipe.
 
 use crate::context::RequestContext;
 use crate::errors::CLIENT_CLOSED_REQUEST;
 use crate::metrics::{code_label, method_label, metrics};
 use pingora_error::Error;
 use pingora_proxy::Session;
+use serde::Serialize;
+use std::io::Write;
+use std::sync::OnceLock;
+use tracing_appender::non_blocking::NonBlocking;
+
+static WRITER: OnceLock<NonBlocking> = OnceLock::new();
+
+/// Sets where access log lines go. Until it is called, no lines are written.
+pub fn set_writer(writer: NonBlocking) {
+    let _ = WRITER.set(writer);
+}
+
+/// One access log line.
+#[derive(Serialize)]
+struct AccessRecord<'a> {
+    timestamp: String,
+    request_id: Option<&'a str>,
+    client: Option<String>,
+    method: &'a str,
+    path: std::borrow::Cow<'a, str>,
+    route: &'a str,
+    upstream: Option<&'a str>,
+    /// Address of the upstream target tried last.
+    target: Option<&'a str>,
+    status: u16,
+    /// Request body bytes read from the client.
+    bytes_in: usize,
+    /// Response body bytes sent to the client.
+    bytes_out: usize,
+    duration_s: f64,
+    upstream_duration_s: Option<f64>,
+    /// Pingora's error type when the request ended on an error.
+    error: Option<&'static str>,
+}
 
 /// Returns the status to record: the one sent, else the one `fail_to_proxy` chose, else 499
 /// for a request that ended on an error before any response.
@@ -57,21 +91,30 @@ pub fn record(session: &Session, error: Option<&Error>, ctx: &RequestContext) {
         (Some(upstream), Some(index)) => Some(upstream.targets[index].text.as_str()),
         _ => None,
     };
-    let client = ctx.client_ip.map(|ip| ip.to_string());
-    tracing::info!(
-        target: "access",
-        request_id = ctx.request_id.as_ref().and_then(|v| v.to_str().ok()),
-        client = client.as_deref(),
-        method = request.method.as_str(),
-        path = %String::from_utf8_lossy(request.raw_path()),
+    let Some(writer) = WRITER.get() else {
+        return;
+    };
+    let record = AccessRecord {
+        timestamp: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+        request_id: ctx.request_id.as_ref().and_then(|v| v.to_str().ok()),
+        client: ctx.client_ip.map(|ip| ip.to_string()),
+        method: request.method.as_str(),
+        path: String::from_utf8_lossy(request.raw_path()),
         route,
-        upstream = upstream_name,
+        upstream: upstream_name,
         target,
         status,
         bytes_in,
         bytes_out,
-        duration_s = duration,
-        upstream_duration_s = ctx.upstream_duration.map(|d| d.as_secs_f64()),
-        error = error.map(|e| e.etype().as_str()),
-    );
+        duration_s: duration,
+        upstream_duration_s: ctx.upstream_duration.map(|d| d.as_secs_f64()),
+        error: error.map(|e| e.etype().as_str()),
+    };
+    let mut line = Vec::with_capacity(512);
+    if serde_json::to_writer(&mut line, &record).is_ok() {
+        line.push(b'\n');
+        // NonBlocking queues each write call as one message, so a line is never split. A
+        // failed write (the writer thread is gone at exit) loses only this line.
+        let _ = writer.clone().write_all(&line);
+    }
 }

@@ -29,7 +29,7 @@ pub struct Cli {
     #[arg(short = 'd', long)]
     pub daemon: bool,
 
-    /// Where the daemon writes its process id.
+    /// Process id file written by the daemon.
     #[arg(long, default_value = "/tmp/gatehouse.pid")]
     pub pid_file: String,
 
@@ -191,8 +191,8 @@ fn route(cli: &Cli, method: &str, url: &str, raw_headers: &[String]) -> ExitCode
     ExitCode::SUCCESS
 }
 
-/// Runs the command line and returns the process exit code. Running the gateway does not
-/// return.
+/// Runs the command line and returns the process exit code. Running the gateway returns
+/// when the server has shut down.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match &cli.command {
@@ -207,14 +207,17 @@ pub fn main() -> ExitCode {
                 Ok(config) => config,
                 Err(code) => return code,
             };
-            let _guards = crate::logging::init();
+            let log_guards = crate::logging::init();
             let options = ProcessOptions {
                 upgrade: cli.upgrade,
                 daemon: cli.daemon,
                 pid_file: cli.pid_file.clone(),
                 upgrade_sock: cli.upgrade_sock.clone(),
             };
-            crate::server::run(config, options)
+            crate::server::run(config, options);
+            // Dropping the guards here flushes the last access log and server log lines.
+            drop(log_guards);
+            ExitCode::SUCCESS
         }
     }
 }

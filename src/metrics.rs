@@ -115,7 +115,7 @@ impl Metrics {
     }
 }
 
-/// The process-wide metrics.
+/// Returns the process-wide metrics, creating them on first use.
 pub fn metrics() -> &'static Metrics {
     static METRICS: OnceLock<Metrics> = OnceLock::new();
     METRICS.get_or_init(Metrics::new)

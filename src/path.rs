@@ -11,12 +11,12 @@
 //! - An encoded NUL (`%00`) or a malformed escape is rejected.
 //! - The query string is never changed.
 //!
-//! The gateway forwards the normalized path, so the upstream sees exactly the path that was
-//! routed. A path that is already normal is forwarded byte for byte.
+//! The gateway forwards the normalized path, so the upstream receives exactly the path that
+//! was routed. A path that is already normal is forwarded byte for byte.
 
 use std::borrow::Cow;
 
-/// Why a request path cannot be normalized. Each case is answered with 400.
+/// Reason a request path cannot be normalized. The gateway responds 400 in each case.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PathError {
     /// The path does not start with `/`.

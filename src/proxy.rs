@@ -39,7 +39,7 @@ impl Gateway {
     }
 }
 
-/// What `request_filter` decided, computed while the request header is borrowed.
+/// Outcome of routing in `request_filter`, computed while the request header is borrowed.
 enum Decision {
     BadRequest,
     NoRoute,
@@ -96,6 +96,14 @@ fn frame_for_http1_client(session: &mut Session, response: &mut ResponseHeader) 
         session.set_keepalive(None);
     }
     Ok(())
+}
+
+/// Returns true for an HTTP/1.1 request with neither a Host header nor an absolute-form
+/// target. RFC 9112 section 3.2 requires a 400 for it, but Pingora accepts it.
+fn missing_required_host(request: &RequestHeader) -> bool {
+    request.version == Version::HTTP_11
+        && !request.headers.contains_key(header::HOST)
+        && request.uri.authority().is_none()
 }
 
 fn is_tls(session: &Session) -> bool {
@@ -184,8 +192,8 @@ impl ProxyHttp for Gateway {
         RequestContext::new(self.config.load_full())
     }
 
-    /// Assigns the request id, finds the client address and the route, and answers requests
-    /// that need no upstream: bad paths (400), no route (404) and `respond` routes.
+    /// Assigns the request id, finds the client address and the route, and responds to
+    /// requests that need no upstream: bad paths (400), no route (404) and `respond` routes.
     async fn request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<bool> {
         remove_unannounced_upgrade(session.req_header_mut());
         let request = session.req_header();
@@ -204,7 +212,12 @@ impl ProxyHttp for Gateway {
             ));
         }
 
-        match self.decide(session, ctx) {
+        let decision = if missing_required_host(session.req_header()) {
+            Decision::BadRequest
+        } else {
+            self.decide(session, ctx)
+        };
+        match decision {
             Decision::Proxy => Ok(false),
             Decision::BadRequest => {
                 write_error(
@@ -293,10 +306,11 @@ impl ProxyHttp for Gateway {
         if let Some(tls) = &upstream.tls {
             options.verify_cert = tls.verify;
             options.verify_hostname = tls.verify;
+            options.ca = tls.ca.clone();
         }
-        // Pingora strips the standard hop-by-hop headers; the headers a client names in
-        // `Connection` are removed by the gateway itself (see `remove_connection_nominated`),
-        // because Pingora rejects the whole request when one of them is X-Forwarded-For.
+        // Pingora strips the standard hop-by-hop headers. The headers a client names in
+        // `Connection` are removed by `remove_connection_nominated` instead, because Pingora
+        // rejects the whole request when one of them is X-Forwarded-For.
         options.http_upstream_request_policy = HttpUpstreamRequestPolicy {
             strip_connection_nominated: false,
             ..HttpUpstreamRequestPolicy::default()
@@ -438,8 +452,8 @@ impl ProxyHttp for Gateway {
         e
     }
 
-    /// Answers a failed request with a short error: 504 for upstream timeouts, 502 for other
-    /// upstream failures, nothing for a client that went away (logged as 499).
+    /// Sends a short error for a failed request: 504 for upstream timeouts, 502 for other
+    /// upstream failures, and nothing to a client that went away (logged as 499).
     async fn fail_to_proxy(
         &self,
         session: &mut Session,

@@ -8,7 +8,7 @@ use arc_swap::ArcSwap;
 use pingora_core::apps::http_app::HttpServer;
 use pingora_core::listeners::tls::TlsSettings;
 use pingora_core::server::configuration::{Opt, ServerConf};
-use pingora_core::server::Server;
+use pingora_core::server::{RunArgs, Server};
 use pingora_core::services::listening::Service;
 use std::sync::Arc;
 
@@ -47,8 +47,9 @@ fn server_conf(config: &RuntimeConfig, options: &ProcessOptions) -> ServerConf {
     conf
 }
 
-/// Builds the Pingora server for `config` and runs it until the process is told to stop.
-pub fn run(config: RuntimeConfig, options: ProcessOptions) -> ! {
+/// Builds the Pingora server for `config` and runs it until a signal stops it.
+/// Returns once every service has shut down.
+pub fn run(config: RuntimeConfig, options: ProcessOptions) {
     let opt = Opt {
         upgrade: options.upgrade,
         daemon: options.daemon,
@@ -115,5 +116,6 @@ pub fn run(config: RuntimeConfig, options: ProcessOptions) -> ! {
         tracing::info!(address = %addr, "admin listener");
     }
 
-    server.run_forever()
+    server.run(RunArgs::default());
+    tracing::info!("gatehouse stopped");
 }

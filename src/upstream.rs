@@ -27,9 +27,11 @@ pub struct Target {
 pub struct UpstreamTls {
     pub sni: String,
     pub verify: bool,
+    /// Certificate authorities to trust instead of the system's.
+    pub ca: Option<Arc<pingora_core::protocols::tls::CaType>>,
 }
 
-/// Where the key of a consistent hash comes from.
+/// Source of the consistent-hash key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HashKey {
     ClientIp,
@@ -79,8 +81,8 @@ impl std::fmt::Debug for ContinuumDebug {
     }
 }
 
-/// The longest round-robin schedule built. Weights whose sum exceeds it are scaled down, which
-/// keeps each target's share within 1/MAX_SCHEDULE of its exact weight share.
+/// Maximum length of a round-robin schedule. Weights whose sum exceeds it are scaled down and
+/// rounded, and each target keeps at least one slot.
 const MAX_SCHEDULE: u64 = 10_000;
 
 /// Builds the nginx "smooth weighted round robin" order for the given weights, so heavy targets
@@ -164,8 +166,8 @@ impl Upstream {
         }
     }
 
-    /// Picks a target index. `tried` has bit i set for each target already tried by this
-    /// request (only the first 64 targets are tracked); those are skipped while others remain.
+    /// Picks a target index. Bit i of `tried` marks target i as already tried by this request,
+    /// so it is skipped while untried targets remain. Only the first 64 targets are tracked.
     /// `hash_key` is used by `consistent_hash` only.
     pub fn select(&self, hash_key: &[u8], tried: u64) -> usize {
         let count = self.targets.len();

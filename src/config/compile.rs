@@ -420,11 +420,23 @@ fn parse_hash_key(text: &str) -> Result<HashKey, String> {
     ))
 }
 
+/// Reads a PEM file of one or more CA certificates.
+fn load_ca(path: &Path) -> Result<pingora_core::protocols::tls::CaType, String> {
+    let pem = std::fs::read(path).map_err(|e| e.to_string())?;
+    let certificates = pingora_core::tls::x509::X509::stack_from_pem(&pem)
+        .map_err(|_| "not a PEM certificate file".to_owned())?;
+    if certificates.is_empty() {
+        return Err("no certificate in the file".to_owned());
+    }
+    Ok(certificates.into_boxed_slice())
+}
+
 fn compile_upstream(
     c: &mut Checker,
     warnings: &mut Vec<String>,
     index: usize,
     file: &UpstreamFile,
+    base_dir: &Path,
 ) -> Upstream {
     let path = format!("upstreams[{index}]");
     if file.name.is_empty() {
@@ -517,9 +529,23 @@ fn compile_upstream(
                 );
             }
         }
+        let ca = tls.ca.as_ref().and_then(|ca| {
+            let ca_path = base_dir.join(ca);
+            match load_ca(&ca_path) {
+                Ok(certificates) => Some(Arc::new(certificates)),
+                Err(reason) => {
+                    c.error(
+                        format!("{path}.tls.ca"),
+                        format!("cannot load \"{ca}\": {reason}"),
+                    );
+                    None
+                }
+            }
+        });
         UpstreamTls {
             sni,
             verify: tls.verify,
+            ca,
         }
     });
 
@@ -927,7 +953,13 @@ pub fn compile(file: FileConfig, base_dir: &Path) -> Result<RuntimeConfig, Vec<P
     let mut upstream_by_name: HashMap<&str, Arc<Upstream>> = HashMap::new();
     let mut upstreams = Vec::with_capacity(file.upstreams.len());
     for (i, upstream_file) in file.upstreams.iter().enumerate() {
-        let upstream = Arc::new(compile_upstream(&mut c, &mut warnings, i, upstream_file));
+        let upstream = Arc::new(compile_upstream(
+            &mut c,
+            &mut warnings,
+            i,
+            upstream_file,
+            base_dir,
+        ));
         if upstream_by_name.contains_key(upstream_file.name.as_str()) {
             c.error(
                 format!("upstreams[{i}].name"),

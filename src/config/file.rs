@@ -136,6 +136,9 @@ pub struct UpstreamTlsFile {
     pub sni: Option<String>,
     #[serde(default = "default_true")]
     pub verify: bool,
+    /// PEM file of the certificate authorities to trust; the system's by default.
+    #[serde(default)]
+    pub ca: Option<String>,
 }
 
 fn default_true() -> bool {

@@ -20,7 +20,7 @@ pub struct Position {
 /// itself, and the key's position under `PATH#key` for mapping entries.
 pub struct PositionIndex {
     positions: HashMap<String, Position>,
-    /// Scalar values by path, to find which child of a mapping holds a reported value.
+    /// Scalar values by path, to find which child of a mapping contains a reported value.
     scalars: HashMap<String, String>,
 }
 

@@ -102,9 +102,9 @@ pub fn load_str(text: &str, file: &str, base_dir: &Path) -> Result<RuntimeConfig
 }
 
 /// Points a value error at the value. serde_yaml reports an error raised while deserializing
-/// a field's value (a bad duration, size or address) with the path of the enclosing mapping;
-/// when exactly one child of that mapping holds the quoted value, the path and position are
-/// moved to it.
+/// a field's value (a bad duration, size or address) with the path of the enclosing mapping.
+/// When exactly one child of that mapping contains the quoted value, the path and position
+/// are moved to it.
 fn refine_value_error(mut diagnostic: Diagnostic, text: &str) -> Diagnostic {
     let Some(value) = diagnostic
         .message
@@ -126,9 +126,9 @@ fn refine_value_error(mut diagnostic: Diagnostic, text: &str) -> Diagnostic {
     diagnostic
 }
 
-/// Turns a serde_yaml error into a diagnostic. Its text is `PATH: MESSAGE at line L column C`;
-/// the path and the position are split out, and an unknown field's path is extended with the
-/// field itself so that it names the offending key.
+/// Turns a serde_yaml error into a diagnostic. Its text is `PATH: MESSAGE at line L column C`,
+/// from which the path and the position are split out. An unknown field's path is extended
+/// with the field itself so that it names the offending key.
 fn serde_diagnostic(error: &serde_yaml::Error) -> Diagnostic {
     let text = error.to_string();
     // Positions are reported separately, so drop every "at line L column C" from the text.
