@@ -1,6 +1,7 @@
 //! Per-request state, created when a request arrives and dropped when it ends.
 
 use crate::config::{Route, RuntimeConfig};
+use crate::limits::concurrency::InFlightPermit;
 use crate::upstream::{InFlight, Upstream};
 use http::HeaderValue;
 use std::net::IpAddr;
@@ -26,6 +27,10 @@ pub struct RequestContext {
     /// Retries used after connect failures.
     pub retries: u32,
     pub in_flight: Option<InFlight>,
+    /// This request's place in its route's `max_concurrent_requests`.
+    pub route_permit: Option<InFlightPermit>,
+    /// Request body bytes seen so far, against `limits.max_request_body`.
+    pub body_bytes: u64,
     pub upstream_sent_at: Option<Instant>,
     pub upstream_duration: Option<Duration>,
     /// Status decided by `fail_to_proxy`, for logging when no response header was written.
@@ -47,6 +52,8 @@ impl RequestContext {
             tried_targets: 0,
             retries: 0,
             in_flight: None,
+            route_permit: None,
+            body_bytes: 0,
             upstream_sent_at: None,
             upstream_duration: None,
             error_status: None,

@@ -3,7 +3,7 @@
 
 use crate::headers::X_REQUEST_ID;
 use bytes::Bytes;
-use http::{header, HeaderValue, StatusCode};
+use http::{header, HeaderName, HeaderValue, StatusCode};
 use pingora_error::{Error, ErrorSource, ErrorType};
 use pingora_http::ResponseHeader;
 use pingora_proxy::Session;
@@ -94,9 +94,23 @@ pub async fn write_error(
     request_id: Option<&HeaderValue>,
     close: bool,
 ) -> pingora_error::Result<()> {
-    let mut response = ResponseHeader::build(status, Some(4))?;
+    write_error_with_headers(session, status, &[], request_id, close).await
+}
+
+/// Writes a plain-text error with extra headers, such as `Retry-After` on a 429.
+pub async fn write_error_with_headers(
+    session: &mut Session,
+    status: StatusCode,
+    headers: &[(HeaderName, HeaderValue)],
+    request_id: Option<&HeaderValue>,
+    close: bool,
+) -> pingora_error::Result<()> {
+    let mut response = ResponseHeader::build(status, Some(4 + headers.len()))?;
     response.insert_header(header::CONTENT_TYPE, "text/plain; charset=utf-8")?;
     response.insert_header(header::CACHE_CONTROL, "no-store")?;
+    for (name, value) in headers {
+        response.insert_header(name.clone(), value.clone())?;
+    }
     write_generated_response(session, response, error_body(status), request_id, close).await
 }
 

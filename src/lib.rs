@@ -14,6 +14,7 @@ pub mod context;
 pub mod dispatch;
 pub mod errors;
 pub mod headers;
+pub mod limits;
 pub mod logging;
 pub mod metrics;
 pub mod path;

@@ -2,8 +2,8 @@
 //! from a fixed set (methods, status codes, error kinds), so no request can add a series.
 
 use prometheus::{
-    exponential_buckets, Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry,
-    TextEncoder,
+    exponential_buckets, Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use std::sync::OnceLock;
 
@@ -15,6 +15,10 @@ pub struct Metrics {
     pub upstream_errors_total: IntCounterVec,
     pub received_bytes_total: IntCounterVec,
     pub sent_bytes_total: IntCounterVec,
+    pub rate_limited_total: IntCounterVec,
+    pub requests_in_flight: IntGaugeVec,
+    pub downstream_connections: IntGaugeVec,
+    pub rejected_connections_total: IntCounter,
 }
 
 fn register<T: prometheus::core::Collector + Clone + 'static>(registry: &Registry, metric: T) -> T {
@@ -96,6 +100,47 @@ impl Metrics {
                         "Response body bytes sent to clients.",
                     ),
                     &["route"],
+                )
+                .expect("valid metric"),
+            ),
+            rate_limited_total: register(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "gatehouse_rate_limited_total",
+                        "Requests rejected with 429 by a route's rate limit.",
+                    ),
+                    &["route"],
+                )
+                .expect("valid metric"),
+            ),
+            requests_in_flight: register(
+                &registry,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "gatehouse_requests_in_flight",
+                        "Requests being handled, by route.",
+                    ),
+                    &["route"],
+                )
+                .expect("valid metric"),
+            ),
+            downstream_connections: register(
+                &registry,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "gatehouse_downstream_connections",
+                        "Client connections held open, by listener.",
+                    ),
+                    &["listener"],
+                )
+                .expect("valid metric"),
+            ),
+            rejected_connections_total: register(
+                &registry,
+                IntCounter::new(
+                    "gatehouse_rejected_connections_total",
+                    "Client connections closed at once because limits.max_connections was reached.",
                 )
                 .expect("valid metric"),
             ),

@@ -217,6 +217,11 @@ impl ProxyHttp for Gateway {
         } else {
             self.decide(session, ctx)
         };
+        if matches!(decision, Decision::Proxy | Decision::Respond)
+            && crate::limits::enforce::enforce(session, ctx).await?
+        {
+            return Ok(true);
+        }
         match decision {
             Decision::Proxy => Ok(false),
             Decision::BadRequest => {
@@ -261,6 +266,28 @@ impl ProxyHttp for Gateway {
                 Ok(true)
             }
         }
+    }
+
+    /// Counts the request body against `limits.max_request_body`. A body sent without
+    /// `Content-Length` (chunked) is only known to be too large once that much has arrived;
+    /// the request then fails with 413 if no response has been sent yet.
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<bytes::Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Self::CTX,
+    ) -> Result<()> {
+        if let (Some(max), Some(chunk)) = (ctx.config.max_request_body, body.as_ref()) {
+            ctx.body_bytes += chunk.len() as u64;
+            if ctx.body_bytes > max {
+                return Err(Error::explain(
+                    ErrorType::HTTPStatus(413),
+                    "request body larger than limits.max_request_body",
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Picks the target for this attempt. A retry after a connect failure prefers targets
@@ -478,7 +505,8 @@ impl ProxyHttp for Gateway {
 
     /// Records metrics and writes the access log line, once per request.
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Self::CTX) {
-        ctx.in_flight = None;
         access_log::record(session, e, ctx);
+        ctx.in_flight = None;
+        ctx.route_permit = None;
     }
 }

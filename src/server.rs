@@ -3,6 +3,7 @@
 
 use crate::admin::{AdminApp, Readiness};
 use crate::config::RuntimeConfig;
+use crate::limits::connections::{ConnectionLimitedApp, ConnectionTracker};
 use crate::proxy::Gateway;
 use arc_swap::ArcSwap;
 use pingora_core::apps::http_app::HttpServer;
@@ -10,6 +11,7 @@ use pingora_core::listeners::tls::TlsSettings;
 use pingora_core::server::configuration::{Opt, ServerConf};
 use pingora_core::server::{RunArgs, Server};
 use pingora_core::services::listening::Service;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 /// Process options that come from the command line rather than the config file.
@@ -70,11 +72,15 @@ pub fn run(config: RuntimeConfig, options: ProcessOptions) {
     let readiness = Arc::new(Readiness::new(listeners.iter().map(|l| l.addr).collect()));
     let shared = Arc::new(ArcSwap::from_pointee(config));
 
-    let mut proxy = pingora_proxy::http_proxy_service_with_name(
-        &server.configuration,
-        Gateway::new(shared),
-        "gatehouse proxy",
+    let tracker = Arc::new(ConnectionTracker::new(shared.load().max_connections));
+    let labels: Vec<(SocketAddr, String)> =
+        listeners.iter().map(|l| (l.addr, l.text.clone())).collect();
+    let app = ConnectionLimitedApp::new(
+        pingora_proxy::http_proxy(&server.configuration, Gateway::new(shared)),
+        tracker,
+        &labels,
     );
+    let mut proxy = Service::new("gatehouse proxy".to_owned(), app);
     for listener in &listeners {
         let addr = listener.addr.to_string();
         match &listener.tls {

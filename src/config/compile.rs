@@ -7,6 +7,8 @@ use super::file::{
     Balance, FileConfig, HeaderOpsFile, MatchFile, RouteFile, TimeoutsFile, UpstreamFile,
 };
 use crate::headers::{is_hop_by_hop, HeaderOps};
+use crate::limits::concurrency::InFlightCounter;
+use crate::limits::rate::RateLimiter;
 use crate::path::normalize;
 use crate::routing::{HostPattern, PathMatch, RouteMatcher};
 use crate::upstream::{HashKey, Target, Upstream, UpstreamTls};
@@ -120,6 +122,28 @@ pub struct Route {
     pub request_headers: HeaderOps,
     pub response_headers: HeaderOps,
     pub timeouts: Timeouts,
+    pub rate_limit: Option<RouteRateLimit>,
+    /// Requests in flight on this route, capped by `max_concurrent_requests`.
+    pub in_flight: Arc<InFlightCounter>,
+}
+
+/// What a rate limit counts requests by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RateLimitKey {
+    ClientIp,
+    /// One budget for the whole route.
+    Route,
+    /// The value of a request header; a request without it is counted by its client address.
+    Header(HeaderName),
+}
+
+/// A route's compiled `rate_limit`.
+#[derive(Debug)]
+pub struct RouteRateLimit {
+    pub limiter: RateLimiter,
+    pub key: RateLimitKey,
+    /// `RateLimit-Policy` value, e.g. `"users";q=100;w=1`.
+    pub policy_header: HeaderValue,
 }
 
 /// The whole compiled config that the proxy reads.
@@ -751,7 +775,7 @@ fn compile_route(
         file.response_headers.as_ref(),
     );
 
-    if let Some(limit) = &file.rate_limit {
+    let rate_limit = file.rate_limit.as_ref().and_then(|limit| {
         let limit_path = format!("{path}.rate_limit");
         if limit.requests == 0 {
             c.error(
@@ -765,12 +789,15 @@ fn compile_route(
                 "invalid duration \"0\": must be greater than zero",
             );
         }
-        let key_ok = matches!(limit.key.as_str(), "client_ip" | "route")
-            || limit
-                .key
+        let key = match limit.key.as_str() {
+            "client_ip" => Some(RateLimitKey::ClientIp),
+            "route" => Some(RateLimitKey::Route),
+            other => other
                 .strip_prefix("header:")
-                .is_some_and(|name| HeaderName::from_bytes(name.as_bytes()).is_ok());
-        if !key_ok {
+                .and_then(|name| HeaderName::from_bytes(name.as_bytes()).ok())
+                .map(RateLimitKey::Header),
+        };
+        let Some(key) = key else {
             c.error(
                 format!("{limit_path}.key"),
                 format!(
@@ -778,19 +805,26 @@ fn compile_route(
                     limit.key
                 ),
             );
-        }
-        // TODO: rate limits are validated but not enforced yet.
-        warnings.push(format!("{limit_path}: rate limits are not enforced yet"));
+            return None;
+        };
+        Some(RouteRateLimit {
+            limiter: RateLimiter::new(limit.requests, limit.per.0),
+            key,
+            policy_header: rate_limit_policy(&file.name, limit.requests, limit.per.0),
+        })
+    });
+    if file.max_concurrent_requests == Some(0) {
+        c.error(
+            format!("{path}.max_concurrent_requests"),
+            "invalid max_concurrent_requests \"0\": must be at least 1",
+        );
     }
-    if let Some(max) = file.max_concurrent_requests {
-        if max == 0 {
-            c.error(
-                format!("{path}.max_concurrent_requests"),
-                "invalid max_concurrent_requests \"0\": must be at least 1",
-            );
-        }
-        warnings.push(format!("{path}.max_concurrent_requests: not enforced yet"));
-    }
+    let in_flight = Arc::new(InFlightCounter::new(
+        file.max_concurrent_requests,
+        crate::metrics::metrics()
+            .requests_in_flight
+            .with_label_values(&[file.name.as_str()]),
+    ));
     let timeouts = match &file.timeouts {
         Some(overrides) => {
             c.check_timeouts(&format!("{path}.timeouts"), overrides);
@@ -814,7 +848,28 @@ fn compile_route(
         request_headers,
         response_headers,
         timeouts,
+        rate_limit,
+        in_flight,
     }
+}
+
+/// Builds the `RateLimit-Policy` value for a route: its name as the policy name, the quota,
+/// and the window in whole seconds (the header has no finer unit, so it is rounded up).
+fn rate_limit_policy(route: &str, requests: u64, per: Duration) -> HeaderValue {
+    let mut name = String::with_capacity(route.len());
+    for ch in route.chars() {
+        match ch {
+            '"' | '\\' => {
+                name.push('\\');
+                name.push(ch);
+            }
+            ' '..='~' => name.push(ch),
+            _ => name.push('_'),
+        }
+    }
+    let window = per.as_millis().div_ceil(1000).max(1);
+    HeaderValue::from_str(&format!("\"{name}\";q={requests};w={window}"))
+        .expect("printable ASCII is a valid header value")
 }
 
 fn warn_unenforced_timeouts(warnings: &mut Vec<String>, path: &str, timeouts: &TimeoutsFile) {
@@ -939,12 +994,6 @@ pub fn compile(file: FileConfig, base_dir: &Path) -> Result<RuntimeConfig, Vec<P
             "limits.max_request_body",
             "invalid size \"0B\": must be at least 1B",
         );
-    }
-    if file.limits.max_connections.is_some() {
-        warnings.push("limits.max_connections: not enforced yet".to_owned());
-    }
-    if file.limits.max_request_body.is_some() {
-        warnings.push("limits.max_request_body: not enforced yet".to_owned());
     }
     c.check_timeouts("timeouts", &file.timeouts);
     warn_unenforced_timeouts(&mut warnings, "timeouts", &file.timeouts);

@@ -7,7 +7,8 @@ pub mod locate;
 pub mod units;
 
 pub use compile::{
-    DirectResponse, Listener, ListenerTls, Route, RouteAction, RuntimeConfig, Timeouts,
+    DirectResponse, Listener, ListenerTls, RateLimitKey, Route, RouteAction, RouteRateLimit,
+    RuntimeConfig, Timeouts,
 };
 
 use locate::PositionIndex;

@@ -1,0 +1,282 @@
+//! The process-wide cap on downstream connections (`limits.max_connections`) and the
+//! `gatehouse_downstream_connections{listener}` gauge.
+//!
+//! Pingora has no hook for a connection's end, so the proxy app is wrapped: a connection seen
+//! for the first time is admitted or closed at once, before any request is read, and its
+//! stream is wrapped in [`CountedStream`], whose drop releases the count. Pingora hands a
+//! kept-alive connection back to the app for each request, so the wrapper recognizes streams
+//! it wrapped already.
+//!
+//! NOTE: on a TLS listener the check runs after the TLS handshake, because Pingora performs
+//! the handshake before it calls the app; connections still in their handshake are not
+//! counted (Pingora bounds a handshake to 60 s).
+
+use crate::metrics::metrics;
+use async_trait::async_trait;
+use pingora_core::apps::ServerApp;
+use pingora_core::protocols::raw_connect::ProxyDigest;
+use pingora_core::protocols::tls::{SslDigest, TlsRef};
+use pingora_core::protocols::{
+    GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl, Stream,
+    TimingDigest, UniqueID, UniqueIDType, ALPN,
+};
+use pingora_core::server::ShutdownWatch;
+use prometheus::IntGauge;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// Connections held by the whole process, against `limits.max_connections`.
+#[derive(Debug)]
+pub struct ConnectionTracker {
+    current: AtomicU64,
+    max: u64,
+}
+
+impl ConnectionTracker {
+    pub fn new(max: Option<u64>) -> Self {
+        ConnectionTracker {
+            current: AtomicU64::new(0),
+            max: max.unwrap_or(u64::MAX),
+        }
+    }
+
+    fn try_admit(self: &Arc<Self>, gauge: IntGauge) -> Option<ConnectionSlot> {
+        self.current
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.max).then_some(n + 1)
+            })
+            .ok()?;
+        gauge.inc();
+        Some(ConnectionSlot {
+            tracker: self.clone(),
+            gauge,
+        })
+    }
+}
+
+/// One admitted connection; dropping it releases the count.
+#[derive(Debug)]
+struct ConnectionSlot {
+    tracker: Arc<ConnectionTracker>,
+    gauge: IntGauge,
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.tracker.current.fetch_sub(1, Ordering::AcqRel);
+        self.gauge.dec();
+    }
+}
+
+/// A downstream stream that holds its connection's slot.
+#[derive(Debug)]
+pub struct CountedStream {
+    inner: Stream,
+    _slot: ConnectionSlot,
+}
+
+/// A listener address and its label in `gatehouse_downstream_connections`.
+#[derive(Debug, Clone)]
+pub struct ListenerLabel {
+    pub addr: SocketAddr,
+    pub gauge: IntGauge,
+}
+
+/// Wraps the proxy app to enforce [`ConnectionTracker`] on new connections.
+pub struct ConnectionLimitedApp<A> {
+    inner: Arc<A>,
+    tracker: Arc<ConnectionTracker>,
+    listeners: Vec<ListenerLabel>,
+    /// Gauge for a connection whose local address matches no listener (not expected).
+    fallback: IntGauge,
+}
+
+impl<A> ConnectionLimitedApp<A> {
+    /// `listeners` pairs each configured listener address with its label.
+    pub fn new(
+        inner: A,
+        tracker: Arc<ConnectionTracker>,
+        listeners: &[(SocketAddr, String)],
+    ) -> Self {
+        let gauge = |label: &str| metrics().downstream_connections.with_label_values(&[label]);
+        ConnectionLimitedApp {
+            inner: Arc::new(inner),
+            tracker,
+            listeners: listeners
+                .iter()
+                .map(|(addr, label)| ListenerLabel {
+                    addr: *addr,
+                    gauge: gauge(label),
+                })
+                .collect(),
+            fallback: gauge("other"),
+        }
+    }
+
+    /// Finds the gauge of the listener that accepted a connection with this local address.
+    /// A wildcard listener (`0.0.0.0:8080`) matches any local address with its port.
+    fn gauge_for(&self, local: Option<SocketAddr>) -> IntGauge {
+        let Some(local) = local else {
+            return self.fallback.clone();
+        };
+        self.listeners
+            .iter()
+            .find(|l| l.addr == local)
+            .or_else(|| {
+                self.listeners
+                    .iter()
+                    .find(|l| l.addr.port() == local.port() && l.addr.ip().is_unspecified())
+            })
+            .map_or_else(|| self.fallback.clone(), |l| l.gauge.clone())
+    }
+}
+
+fn local_address(stream: &Stream) -> Option<SocketAddr> {
+    let digest = stream.get_socket_digest()?;
+    digest.local_addr()?.as_inet().copied()
+}
+
+#[async_trait]
+impl<A: ServerApp + Send + Sync + 'static> ServerApp for ConnectionLimitedApp<A> {
+    async fn process_new(
+        self: &Arc<Self>,
+        stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        let already_counted = (*stream).as_any().is::<CountedStream>();
+        let stream: Stream = if already_counted {
+            stream
+        } else {
+            let gauge = self.gauge_for(local_address(&stream));
+            match self.tracker.try_admit(gauge) {
+                Some(slot) => Box::new(CountedStream {
+                    inner: stream,
+                    _slot: slot,
+                }),
+                None => {
+                    metrics().rejected_connections_total.inc();
+                    // Dropping the stream closes the connection without reading from it.
+                    return None;
+                }
+            }
+        };
+        self.inner.process_new(stream, shutdown).await
+    }
+
+    async fn cleanup(&self) {
+        self.inner.cleanup().await;
+    }
+}
+
+impl AsyncRead for CountedStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for CountedStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+#[async_trait]
+impl Shutdown for CountedStream {
+    async fn shutdown(&mut self) {
+        self.inner.shutdown().await;
+    }
+}
+
+impl UniqueID for CountedStream {
+    fn id(&self) -> UniqueIDType {
+        self.inner.id()
+    }
+}
+
+impl Ssl for CountedStream {
+    fn get_ssl(&self) -> Option<&TlsRef> {
+        self.inner.get_ssl()
+    }
+
+    fn get_ssl_digest(&self) -> Option<Arc<SslDigest>> {
+        self.inner.get_ssl_digest()
+    }
+
+    fn selected_alpn_proto(&self) -> Option<ALPN> {
+        self.inner.selected_alpn_proto()
+    }
+}
+
+impl GetTimingDigest for CountedStream {
+    fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
+        self.inner.get_timing_digest()
+    }
+
+    fn get_read_pending_time(&self) -> Duration {
+        self.inner.get_read_pending_time()
+    }
+
+    fn get_write_pending_time(&self) -> Duration {
+        self.inner.get_write_pending_time()
+    }
+}
+
+impl GetProxyDigest for CountedStream {
+    fn get_proxy_digest(&self) -> Option<Arc<ProxyDigest>> {
+        self.inner.get_proxy_digest()
+    }
+
+    fn set_proxy_digest(&mut self, digest: ProxyDigest) {
+        self.inner.set_proxy_digest(digest);
+    }
+}
+
+impl GetSocketDigest for CountedStream {
+    fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
+        self.inner.get_socket_digest()
+    }
+
+    fn set_socket_digest(&mut self, digest: SocketDigest) {
+        self.inner.set_socket_digest(digest);
+    }
+}
+
+#[async_trait]
+impl Peek for CountedStream {
+    async fn try_peek(&mut self, buf: &mut [u8]) -> std::io::Result<bool> {
+        self.inner.try_peek(buf).await
+    }
+}
