@@ -213,6 +213,7 @@ pub fn main() -> ExitCode {
                 daemon: cli.daemon,
                 pid_file: cli.pid_file.clone(),
                 upgrade_sock: cli.upgrade_sock.clone(),
+                config_path: cli.config.clone(),
             };
             crate::server::run(config, options);
             // Dropping the guards here flushes the last access log and server log lines.

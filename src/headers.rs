@@ -114,12 +114,17 @@ pub fn remove_unannounced_upgrade(request: &mut RequestHeader) {
 }
 
 /// Removes hop-by-hop headers of an upstream response that must not reach the client:
-/// `Keep-Alive`, `Proxy-Connection` and the headers its `Connection` header names. The
-/// `Connection`, `Transfer-Encoding` and `Upgrade` headers themselves are left to Pingora,
-/// which rewrites them for the client connection and needs them to frame the body.
+/// `Keep-Alive`, `Proxy-Connection`, `Upgrade` outside a 101, and the headers its
+/// `Connection` header names. `Connection` and `Transfer-Encoding` themselves, and `Upgrade`
+/// on a 101, are left to Pingora, which rewrites them for the client connection and needs them
+/// to frame the body.
 pub fn remove_response_hop_by_hop(response: &mut ResponseHeader) {
     response.remove_header(&KEEP_ALIVE);
     response.remove_header(&PROXY_CONNECTION);
+    if response.status != http::StatusCode::SWITCHING_PROTOCOLS {
+        // Upgrade only means something on a 101.
+        response.remove_header(&header::UPGRADE);
+    }
     let nominated: Vec<HeaderName> = response
         .headers
         .get_all(header::CONNECTION)

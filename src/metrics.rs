@@ -2,7 +2,7 @@
 //! from a fixed set (methods, status codes, error kinds), so no request can add a series.
 
 use prometheus::{
-    exponential_buckets, Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    exponential_buckets, Encoder, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use std::sync::OnceLock;
@@ -19,6 +19,8 @@ pub struct Metrics {
     pub requests_in_flight: IntGaugeVec,
     pub downstream_connections: IntGaugeVec,
     pub rejected_connections_total: IntCounter,
+    pub config_reloads_total: IntCounterVec,
+    pub config_last_reload_success: Gauge,
 }
 
 fn register<T: prometheus::core::Collector + Clone + 'static>(registry: &Registry, metric: T) -> T {
@@ -141,6 +143,25 @@ impl Metrics {
                 IntCounter::new(
                     "gatehouse_rejected_connections_total",
                     "Client connections closed at once because limits.max_connections was reached.",
+                )
+                .expect("valid metric"),
+            ),
+            config_reloads_total: register(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "gatehouse_config_reloads_total",
+                        "Config reloads, by result.",
+                    ),
+                    &["result"],
+                )
+                .expect("valid metric"),
+            ),
+            config_last_reload_success: register(
+                &registry,
+                Gauge::new(
+                    "gatehouse_config_last_reload_success_timestamp_seconds",
+                    "Unix time of the last successful config load (the start counts as one).",
                 )
                 .expect("valid metric"),
             ),

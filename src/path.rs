@@ -1,13 +1,14 @@
 //! Request path normalization, shared by route matching and forwarding.
 //!
-//! Policy (also in docs/routing.md):
+//! Policy (also in docs/configuration.md, "Path normalization"):
 //! - Percent-encoded unreserved characters (`A-Z a-z 0-9 - . _ ~`) are decoded, so `%2e` is `.`.
 //!   Other escapes are kept, with their hex digits uppercased.
 //! - Dot segments are removed as in RFC 3986 section 5.2.4, and runs of `/` are merged.
 //! - `%2F` and `%5C` stay encoded and do not split segments. A segment that would hold a `.` or
 //!   `..` segment once they were decoded (`..%2F`) is rejected, because a backend that decodes
 //!   them could otherwise resolve the path outside the prefix that was matched. A raw `\` is
-//!   treated the same way, for backends that read it as a separator.
+//!   treated the same way, for backends that read it as a separator, and so is a `.` or `..`
+//!   before a `;` path parameter (`..;x`), which Tomcat and Spring resolve.
 //! - An encoded NUL (`%00`) or a malformed escape is rejected.
 //! - The query string is never changed.
 //!
@@ -56,7 +57,7 @@ fn is_plain(path: &[u8]) -> bool {
     let mut previous = 0u8;
     for (i, &byte) in path.iter().enumerate() {
         match byte {
-            b'%' | b'\\' => return false,
+            b'%' | b'\\' | b';' => return false,
             b'/' if previous == b'/' => return false,
             b'.' if previous == b'/' => {
                 // "/." starts a dot segment when followed by "/", ".", or the end.
@@ -105,9 +106,16 @@ fn decode_segment(segment: &[u8], out: &mut Vec<u8>) -> Result<(), PathError> {
     Ok(())
 }
 
-/// Rejects a decoded segment such as `..%2Fadmin` or `..\admin`, whose parts would become
-/// dot segments if a backend decoded `%2F` or `%5C` or split on `\`.
+/// Rejects a decoded segment such as `..%2Fadmin`, `..\admin` or `..;x`, whose parts would
+/// become dot segments if a backend decoded `%2F` or `%5C`, split on `\`, or dropped a `;`
+/// path parameter (as Tomcat and Spring do).
 fn check_hidden_dot_segments(segment: &[u8]) -> Result<(), PathError> {
+    if let Some(semicolon) = segment.iter().position(|&b| b == b';') {
+        let before = &segment[..semicolon];
+        if before == b"." || before == b".." {
+            return Err(PathError::HiddenDotSegment);
+        }
+    }
     let has_separator =
         segment.contains(&b'\\') || segment.windows(3).any(|w| w == b"%2F" || w == b"%5C");
     if !has_separator {
@@ -273,6 +281,13 @@ mod tests {
         assert_eq!(norm("/public/..\\admin"), Err(PathError::HiddenDotSegment));
         assert_eq!(norm("/public/a%2F.."), Err(PathError::HiddenDotSegment));
         assert_eq!(norm("/public/a..%2Fb"), Ok("/public/a..%2Fb".into()));
+        assert_eq!(norm("/public/..;/admin"), Err(PathError::HiddenDotSegment));
+        assert_eq!(
+            norm("/public/%2e%2e;x/admin"),
+            Err(PathError::HiddenDotSegment)
+        );
+        assert_eq!(norm("/public/.;/admin"), Err(PathError::HiddenDotSegment));
+        assert_eq!(norm("/public/a;b=1/x"), Ok("/public/a;b=1/x".into()));
     }
 
     #[test]

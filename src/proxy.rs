@@ -60,13 +60,20 @@ fn origin_form_target(request: &RequestHeader) -> Cow<'_, [u8]> {
     }
 }
 
-/// Returns the host the client asked for: the Host header, or the URI authority (HTTP/2).
+/// Returns the host the client asked for: the authority of an absolute-form target or of an
+/// HTTP/2 request, else the Host header. RFC 9112 section 3.2.2 makes the target's authority
+/// win over a Host header that disagrees with it.
 fn request_host(request: &RequestHeader) -> &str {
     request
-        .headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .or_else(|| request.uri.authority().map(|a| a.as_str()))
+        .uri
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| {
+            request
+                .headers
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+        })
         .unwrap_or("")
 }
 
@@ -95,6 +102,31 @@ fn frame_for_http1_client(session: &mut Session, response: &mut ResponseHeader) 
     } else {
         session.set_keepalive(None);
     }
+    Ok(())
+}
+
+/// Replaces a `Content-Length` sent as a list of equal values (`5, 5`, or two header lines)
+/// with one value, as RFC 9110 section 8.6 allows. Pingora has already rejected lists whose
+/// values differ, but forwards an equal list as it came, and many servers reject that.
+fn collapse_content_length(request: &mut RequestHeader) -> Result<()> {
+    let values = request.headers.get_all(header::CONTENT_LENGTH);
+    let mut iter = values.iter();
+    let Some(first) = iter.next() else {
+        return Ok(());
+    };
+    if iter.next().is_none() && !first.as_bytes().contains(&b',') {
+        return Ok(());
+    }
+    let single = first
+        .as_bytes()
+        .split(|&b| b == b',')
+        .next()
+        .map(<[u8]>::trim_ascii)
+        .unwrap_or_default()
+        .to_vec();
+    let value = HeaderValue::from_bytes(&single)
+        .map_err(|_| Error::explain(ErrorType::InvalidHTTPHeader, "bad Content-Length"))?;
+    request.insert_header(header::CONTENT_LENGTH, value)?;
     Ok(())
 }
 
@@ -362,7 +394,15 @@ impl ProxyHttp for Gateway {
         let route = ctx.route.as_deref().expect("a proxied request has a route");
         if let Some(host) = &route.rewrite_host {
             upstream_request.insert_header(header::HOST, host.clone())?;
+        } else if !upstream_request.headers.contains_key(header::HOST) {
+            // An HTTP/1.0 client may omit Host, but the upstream request is HTTP/1.1, which
+            // requires it: name the target.
+            if let (Some(upstream), Some(index)) = (&ctx.upstream, ctx.target) {
+                let target = upstream.targets[index].text.as_str();
+                upstream_request.insert_header(header::HOST, target)?;
+            }
         }
+        collapse_content_length(upstream_request)?;
 
         if let Some(peer) = session.client_addr().and_then(|a| a.as_inet()) {
             let mut forwarded_for = BytesMut::with_capacity(64);
@@ -394,7 +434,7 @@ impl ProxyHttp for Gateway {
     /// Records when the response header arrived and removes the upstream's hop-by-hop headers.
     async fn upstream_response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream_response: &mut ResponseHeader,
         ctx: &mut Self::CTX,
     ) -> Result<()> {
@@ -402,6 +442,17 @@ impl ProxyHttp for Gateway {
             if !upstream_response.status.is_informational() {
                 ctx.upstream_duration = Some(sent.elapsed());
             }
+        }
+        if upstream_response.status == StatusCode::SWITCHING_PROTOCOLS
+            && !session.req_header().headers.contains_key(header::UPGRADE)
+        {
+            // A 101 to a request that asked for no upgrade cannot open a tunnel; treat the
+            // upstream as broken.
+            return Err(Error::explain(
+                ErrorType::InvalidHTTPHeader,
+                "upstream switched protocols without an upgrade request",
+            )
+            .into_up());
         }
         crate::headers::remove_response_hop_by_hop(upstream_response);
         Ok(())

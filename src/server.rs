@@ -5,11 +5,13 @@ use crate::admin::{AdminApp, Readiness};
 use crate::config::RuntimeConfig;
 use crate::limits::connections::{ConnectionLimitedApp, ConnectionTracker};
 use crate::proxy::Gateway;
+use crate::reload::ReloadService;
 use arc_swap::ArcSwap;
 use pingora_core::apps::http_app::HttpServer;
 use pingora_core::listeners::tls::TlsSettings;
 use pingora_core::server::configuration::{Opt, ServerConf};
 use pingora_core::server::{RunArgs, Server};
+use pingora_core::services::background::background_service;
 use pingora_core::services::listening::Service;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -22,6 +24,8 @@ pub struct ProcessOptions {
     pub daemon: bool,
     pub pid_file: String,
     pub upgrade_sock: String,
+    /// The config file, read again on SIGHUP.
+    pub config_path: std::path::PathBuf,
 }
 
 fn server_conf(config: &RuntimeConfig, options: &ProcessOptions) -> ServerConf {
@@ -32,12 +36,12 @@ fn server_conf(config: &RuntimeConfig, options: &ProcessOptions) -> ServerConf {
         upgrade_sock: options.upgrade_sock.clone(),
         ..ServerConf::default()
     };
-    // NOTE: Pingora keeps accepting for `grace_period_seconds` after SIGTERM (meant for the
-    // socket handover of an upgrade), then waits up to `graceful_shutdown_timeout_seconds`
-    // for in-flight requests. gatehouse stops accepting at once and gives in-flight requests
-    // `server.grace_period`.
-    conf.grace_period_seconds = Some(0);
-    conf.graceful_shutdown_timeout_seconds = Some(config.grace_period.as_secs().max(1));
+    // On SIGTERM Pingora stops accepting, lets in-flight requests run for
+    // `grace_period_seconds`, then stops its runtimes, waiting at most
+    // `graceful_shutdown_timeout_seconds` for blocking work.
+    // NOTE: Pingora waits the whole grace period even when nothing is in flight.
+    conf.grace_period_seconds = Some(config.grace_period.as_secs().max(1));
+    conf.graceful_shutdown_timeout_seconds = Some(5);
     // Pingora has one connection pool per process; give it room for every upstream's
     // `keepalive.max_idle`.
     conf.upstream_keepalive_pool_size = config
@@ -47,6 +51,22 @@ fn server_conf(config: &RuntimeConfig, options: &ProcessOptions) -> ServerConf {
         .sum::<usize>()
         .max(1);
     conf
+}
+
+/// Checks that every listener address can be bound, so that a taken port fails the start
+/// with a clear error. Pingora would retry such a bind once a second, forever.
+fn check_bindable(config: &RuntimeConfig) -> Result<(), String> {
+    let admin = config.admin.map(|addr| (addr, "admin listener".to_owned()));
+    let proxies = config
+        .listeners
+        .iter()
+        .map(|l| (l.addr, format!("listener {}", l.text)));
+    for (addr, name) in proxies.chain(admin) {
+        if let Err(e) = std::net::TcpListener::bind(addr) {
+            return Err(format!("{name}: cannot listen on {addr}: {e}"));
+        }
+    }
+    Ok(())
 }
 
 /// Builds the Pingora server for `config` and runs it until a signal stops it.
@@ -59,6 +79,14 @@ pub fn run(config: RuntimeConfig, options: ProcessOptions) {
         test: false,
         conf: None,
     };
+    // With --upgrade the sockets come from the running process, so they are taken by design.
+    if !options.upgrade {
+        if let Err(message) = check_bindable(&config) {
+            tracing::error!("{message}");
+            eprintln!("error: {message}");
+            std::process::exit(1);
+        }
+    }
     let conf = server_conf(&config, &options);
     let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
@@ -71,6 +99,7 @@ pub fn run(config: RuntimeConfig, options: ProcessOptions) {
     let admin_addr = config.admin;
     let readiness = Arc::new(Readiness::new(listeners.iter().map(|l| l.addr).collect()));
     let shared = Arc::new(ArcSwap::from_pointee(config));
+    let shared_for_reload = shared.clone();
 
     let tracker = Arc::new(ConnectionTracker::new(shared.load().max_connections));
     let labels: Vec<(SocketAddr, String)> =
@@ -109,6 +138,17 @@ pub fn run(config: RuntimeConfig, options: ProcessOptions) {
         tracing::info!(address = %listener.text, tls = listener.tls.is_some(), "proxy listener");
     }
     server.add_service(proxy);
+
+    let reload = ReloadService {
+        path: options.config_path.clone(),
+        config: shared_for_reload,
+    };
+    server.add_service(background_service("config reload", reload));
+    crate::metrics::metrics().config_last_reload_success.set(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64()),
+    );
 
     if let Some(addr) = admin_addr {
         let app = AdminApp {

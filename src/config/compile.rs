@@ -455,6 +455,14 @@ fn load_ca(path: &Path) -> Result<pingora_core::protocols::tls::CaType, String> 
     Ok(certificates.into_boxed_slice())
 }
 
+/// Upper bound of `keepalive.max_idle`. Pingora sizes its connection pool from the sum of
+/// these, and allocates with it.
+const MAX_IDLE_LIMIT: usize = 10_000;
+
+/// Upper bound of the sum of a `consistent_hash` upstream's weights. The ketama ring gets
+/// 160 points per unit of weight and is built at load, so this keeps it under 160,000 points.
+const MAX_HASH_WEIGHT: u64 = 1_000;
+
 fn compile_upstream(
     c: &mut Checker,
     warnings: &mut Vec<String>,
@@ -616,6 +624,24 @@ fn compile_upstream(
         .and_then(|k| k.idle_timeout)
         .map_or(Duration::from_secs(60), |d| d.0);
     let max_idle = keepalive.and_then(|k| k.max_idle).unwrap_or(128);
+    if max_idle > MAX_IDLE_LIMIT {
+        c.error(
+            format!("{path}.keepalive.max_idle"),
+            format!("invalid max_idle \"{max_idle}\": must be at most {MAX_IDLE_LIMIT}"),
+        );
+    }
+    if file.balance == Balance::ConsistentHash {
+        let total: u64 = file.targets.iter().map(|t| u64::from(t.weight)).sum();
+        if total > MAX_HASH_WEIGHT {
+            c.error(
+                format!("{path}.targets"),
+                format!(
+                    "the weights of a consistent_hash upstream add up to {total}, more than \
+                     {MAX_HASH_WEIGHT}; weights are relative, so scale them down"
+                ),
+            );
+        }
+    }
 
     Upstream::new(
         file.name.clone(),
@@ -679,7 +705,7 @@ fn compile_route(
         (None, Some(respond)) => {
             let respond_path = format!("{path}.respond");
             let status = match StatusCode::from_u16(respond.status) {
-                Ok(status) if respond.status >= 200 => Some(status),
+                Ok(status) if (200..=599).contains(&respond.status) => Some(status),
                 _ => {
                     c.error(
                         format!("{respond_path}.status"),
@@ -691,6 +717,12 @@ fn compile_route(
                     None
                 }
             };
+            if matches!(respond.status, 204 | 304) && !respond.body.is_empty() {
+                c.error(
+                    format!("{respond_path}.body"),
+                    format!("a {} response has no body; remove \"body\"", respond.status),
+                );
+            }
             let headers = c.header_pairs(&format!("{respond_path}.headers"), &respond.headers);
             for (name, _) in &headers {
                 if is_hop_by_hop(name) || name == http::header::CONTENT_LENGTH {
@@ -905,6 +937,46 @@ pub fn shadowed_routes(routes: &[Arc<Route>]) -> Vec<String> {
     warnings
 }
 
+/// Reports an address that would bind the same socket as an earlier listener: the same
+/// port on the same address, or on a wildcard address (`0.0.0.0`, `::`) that covers it.
+fn check_overlap(
+    c: &mut Checker,
+    bound: &mut Vec<(SocketAddr, String)>,
+    addr: SocketAddr,
+    path: String,
+) {
+    let clash = bound.iter().find(|(other, _)| {
+        other.port() == addr.port()
+            && (other.ip() == addr.ip()
+                || other.ip().is_unspecified()
+                || addr.ip().is_unspecified())
+    });
+    if let Some((other, other_path)) = clash {
+        c.error(
+            &path,
+            format!("address \"{addr}\" overlaps \"{other}\" of {other_path}; each listener needs its own port"),
+        );
+    }
+    bound.push((addr, path));
+}
+
+/// Checks that a PEM certificate and private key load and belong together.
+fn check_key_pair(cert: &Path, key: &Path) -> Result<(), String> {
+    use pingora_core::tls::pkey::PKey;
+    use pingora_core::tls::x509::X509;
+    let cert_pem = std::fs::read(cert).map_err(|e| e.to_string())?;
+    let key_pem = std::fs::read(key).map_err(|e| e.to_string())?;
+    let certificate =
+        X509::from_pem(&cert_pem).map_err(|_| "the certificate is not PEM".to_owned())?;
+    let private_key =
+        PKey::private_key_from_pem(&key_pem).map_err(|_| "not a PEM private key".to_owned())?;
+    let public_key = certificate.public_key().map_err(|e| e.to_string())?;
+    if !public_key.public_eq(&private_key) {
+        return Err("it does not match the certificate".to_owned());
+    }
+    Ok(())
+}
+
 /// Validates `file` and builds the runtime view, or returns every problem found.
 pub fn compile(file: FileConfig, base_dir: &Path) -> Result<RuntimeConfig, Vec<Problem>> {
     let mut c = Checker {
@@ -916,23 +988,34 @@ pub fn compile(file: FileConfig, base_dir: &Path) -> Result<RuntimeConfig, Vec<P
         c.error_at_key("listen", "at least one listener is needed");
     }
     let mut listeners = Vec::with_capacity(file.listen.len());
-    let mut listen_addrs = HashSet::new();
+    // Every bound address so far, with its key path, to find two listeners on one socket.
+    let mut bound: Vec<(SocketAddr, String)> = Vec::new();
     for (i, listener) in file.listen.iter().enumerate() {
         let path = format!("listen[{i}]");
-        if !listen_addrs.insert(listener.address.addr) {
-            c.error(
-                format!("{path}.address"),
-                format!("duplicate listener address \"{}\"", listener.address.text),
-            );
-        }
+        check_overlap(
+            &mut c,
+            &mut bound,
+            listener.address.addr,
+            format!("{path}.address"),
+        );
         let tls = listener.tls.as_ref().map(|tls| {
             let cert = base_dir.join(&tls.cert);
             let key = base_dir.join(&tls.key);
+            let mut readable = true;
             for (name, file_path, text) in [("cert", &cert, &tls.cert), ("key", &key, &tls.key)] {
                 if let Err(e) = std::fs::metadata(file_path) {
+                    readable = false;
                     c.error(
                         format!("{path}.tls.{name}"),
                         format!("cannot read \"{text}\": {e}"),
+                    );
+                }
+            }
+            if readable {
+                if let Err(reason) = check_key_pair(&cert, &key) {
+                    c.error(
+                        format!("{path}.tls.key"),
+                        format!("invalid key \"{}\": {reason}", tls.key),
                     );
                 }
             }
@@ -946,15 +1029,7 @@ pub fn compile(file: FileConfig, base_dir: &Path) -> Result<RuntimeConfig, Vec<P
     }
     let admin = file.admin.as_ref().map(|a| a.address.addr);
     if let Some(admin_addr) = admin {
-        if listen_addrs.contains(&admin_addr) {
-            c.error(
-                "admin.address",
-                format!(
-                    "admin address \"{admin_addr}\" is also a proxy listener; the admin listener \
-                     needs its own address"
-                ),
-            );
-        }
+        check_overlap(&mut c, &mut bound, admin_addr, "admin.address".to_owned());
     }
 
     let threads = file.server.threads.unwrap_or(1);

@@ -73,6 +73,8 @@ pub fn load_file(path: &Path) -> Result<RuntimeConfig, ConfigError> {
 /// Parses and validates config text. `file` names it in errors; relative paths in it (TLS
 /// certificates) are resolved against `base_dir`.
 pub fn load_str(text: &str, file: &str, base_dir: &Path) -> Result<RuntimeConfig, ConfigError> {
+    // Editors on some systems save a UTF-8 byte order mark, which YAML parsers reject.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let parsed: file::FileConfig = serde_yaml::from_str(text).map_err(|e| ConfigError {
         file: file.to_owned(),
         diagnostics: vec![refine_value_error(serde_diagnostic(&e), text)],
@@ -100,6 +102,27 @@ pub fn load_str(text: &str, file: &str, base_dir: &Path) -> Result<RuntimeConfig
             diagnostics,
         }
     })
+}
+
+/// Replaces Rust type names in serde's "expected ..." phrases with what a config author writes.
+fn readable_types(message: &str) -> String {
+    static TYPES: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
+    let types = TYPES.get_or_init(|| {
+        regex::Regex::new(r"\b(u8|u16|u32|u64|usize|i64|struct [A-Za-z]+|a sequence|a map)\b")
+            .expect("valid regex")
+    });
+    types
+        .replace_all(message, |caps: &regex::Captures| match &caps[1] {
+            "u8" => "a whole number from 0 to 255".to_owned(),
+            "u16" => "a whole number from 0 to 65535".to_owned(),
+            "u32" => "a whole number from 0 to 4294967295".to_owned(),
+            "u64" | "usize" => "a whole number".to_owned(),
+            "i64" => "a number".to_owned(),
+            "a sequence" => "a list".to_owned(),
+            "a map" => "a mapping".to_owned(),
+            _ => "a mapping".to_owned(),
+        })
+        .into_owned()
 }
 
 /// Points a value error at the value. serde_yaml reports an error raised while deserializing
@@ -153,9 +176,8 @@ fn serde_diagnostic(error: &serde_yaml::Error) -> Diagnostic {
     } else if message.starts_with("missing field `") {
         message = message.replacen("missing field", "missing key", 1);
     }
-    let message = message
-        .replacen("unknown variant", "unknown value", 1)
-        .replace('`', "\"");
+    let message =
+        readable_types(&message.replacen("unknown variant", "unknown value", 1)).replace('`', "\"");
     let location = error.location();
     Diagnostic {
         line: location.as_ref().map(|l| l.line()),

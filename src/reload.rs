@@ -1,0 +1,111 @@
+//! Config reload on SIGHUP.
+//!
+//! The new file is loaded and validated completely first; only a valid config replaces the
+//! running one, in one atomic swap. Requests already in flight keep the config they started
+//! with. A file that fails to load is logged with every problem found and changes nothing.
+//!
+//! NOTE: a reload builds every route anew, so rate-limit windows and in-flight counts start
+//! from zero, and connection pools are kept only because Pingora pools by target address.
+//! Listener addresses, the admin address, `server.threads` and `limits.max_connections` are
+//! read at start only; a reload that changes them logs a warning and they keep their old
+//! values until a restart.
+
+use crate::config::{load_file, RuntimeConfig};
+use crate::metrics::metrics;
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use pingora_core::server::ShutdownWatch;
+use pingora_core::services::background::BackgroundService;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+pub struct ReloadService {
+    pub path: PathBuf,
+    pub config: Arc<ArcSwap<RuntimeConfig>>,
+}
+
+/// Names the settings that differ between two configs but only take effect at start.
+fn settings_needing_restart(old: &RuntimeConfig, new: &RuntimeConfig) -> Vec<&'static str> {
+    let mut changed = Vec::new();
+    let old_listeners: Vec<_> = old
+        .listeners
+        .iter()
+        .map(|l| (l.addr, l.tls.is_some()))
+        .collect();
+    let new_listeners: Vec<_> = new
+        .listeners
+        .iter()
+        .map(|l| (l.addr, l.tls.is_some()))
+        .collect();
+    if old_listeners != new_listeners {
+        changed.push("listen");
+    }
+    if old.admin != new.admin {
+        changed.push("admin.address");
+    }
+    if old.threads != new.threads {
+        changed.push("server.threads");
+    }
+    if old.max_connections != new.max_connections {
+        changed.push("limits.max_connections");
+    }
+    changed
+}
+
+impl ReloadService {
+    /// Loads the config file and swaps it in if it is valid.
+    pub fn reload(&self) -> bool {
+        let m = metrics();
+        match load_file(&self.path) {
+            Ok(new) => {
+                let old = self.config.load();
+                for setting in settings_needing_restart(&old, &new) {
+                    tracing::warn!(
+                        setting,
+                        "config reload: this setting changed but takes effect only after a restart"
+                    );
+                }
+                for warning in &new.warnings {
+                    tracing::warn!("config: {warning}");
+                }
+                let routes = new.routes.len();
+                self.config.store(Arc::new(new));
+                m.config_reloads_total.with_label_values(&["success"]).inc();
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0.0, |d| d.as_secs_f64());
+                m.config_last_reload_success.set(now);
+                tracing::info!(path = %self.path.display(), routes, "config reloaded");
+                true
+            }
+            Err(e) => {
+                m.config_reloads_total.with_label_values(&["failure"]).inc();
+                tracing::error!(path = %self.path.display(), "config reload failed; the running config stays:\n{e}");
+                false
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl BackgroundService for ReloadService {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        {
+            Ok(signal) => signal,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGHUP; reload by signal is off");
+                return;
+            }
+        };
+        loop {
+            tokio::select! {
+                _ = hangup.recv() => {
+                    tracing::info!("SIGHUP received: reloading the config");
+                    self.reload();
+                }
+                _ = shutdown.changed() => break,
+            }
+        }
+    }
+}
