@@ -826,6 +826,11 @@ impl Gateway {
         self.config.listen
     }
 
+    /// Process id of the gateway, for sending it signals.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn admin_addr(&self) -> SocketAddr {
         self.config.admin
     }
