@@ -4,7 +4,9 @@
 pub mod compile;
 pub mod file;
 pub mod locate;
+mod routes;
 pub mod units;
+mod upstreams;
 
 pub use compile::{
     DirectResponse, Listener, ListenerTls, RateLimitKey, Route, RouteAction, RouteRateLimit,
