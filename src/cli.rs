@@ -81,8 +81,10 @@ fn check(cli: &Cli) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// Splits a URL argument into a Host value and an origin-form target.
+/// Splits a URL argument into a Host value and an origin-form target. A fragment is dropped,
+/// as clients never send it.
 fn split_url(url: &str) -> Result<(Option<String>, String), String> {
+    let url = url.split_once('#').map_or(url, |(before, _)| before);
     for scheme in ["http://", "https://"] {
         if let Some(rest) = url.strip_prefix(scheme) {
             let (authority, target) = match rest.find(['/', '?']) {
@@ -157,7 +159,7 @@ fn route(cli: &Cli, method: &str, url: &str, raw_headers: &[String]) -> ExitCode
             return ExitCode::from(1);
         }
         Err(e) => {
-            println!("no route matches: the path is rejected with 400 ({e:?})");
+            println!("no route matches: the path is rejected with 400 ({e})");
             return ExitCode::from(1);
         }
     };

@@ -30,6 +30,19 @@ pub enum PathError {
     HiddenDotSegment,
 }
 
+impl std::fmt::Display for PathError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            PathError::NotAbsolute => "the path does not start with \"/\"",
+            PathError::BadEscape => "a \"%\" is not followed by two hex digits",
+            PathError::EncodedNul => "the path contains %00",
+            PathError::HiddenDotSegment => {
+                "a dot segment is hidden behind %2F, %5C, a backslash or a \";\" parameter"
+            }
+        })
+    }
+}
+
 /// Splits a request target into its path and the query part that follows it, with the `?`.
 /// `/x?` gives (`/x`, `?`); `/x` gives (`/x`, ``).
 pub fn split_query(target: &[u8]) -> (&[u8], &[u8]) {

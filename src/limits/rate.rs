@@ -16,9 +16,9 @@
 //! - The sketch can over-count a key whose counters are shared with other keys in every row,
 //!   so such a key can be rejected early (never admitted late). Its over-count is the smallest,
 //!   over the rows, of the other keys' requests in its counter. With K keys active in a window,
-//!   a counter is shared with about K / SLOTS other keys: for 1,000 keys the chance that all
-//!   four rows are shared is about 1e-5, while for 100,000 keys nearly every key shares, each
-//!   counter then adding about six other keys' counts.
+//!   a counter is shared with about K / SLOTS other keys. For 1,000 keys the chance that all
+//!   four rows are shared is about 1e-5. For 100,000 keys nearly every key shares, each of its
+//!   counters with about six other keys, and the least-shared counter sets its count.
 //!
 //! pingora-limits' own `Rate` is not used because its window switch resets the previous
 //! window's counters while other threads may still increment them, which loses counts, and
@@ -27,7 +27,7 @@
 //! second after the limiter is built.
 
 use pingora_limits::estimator::Estimator;
-use std::hash::{BuildHasher, Hash};
+use std::hash::Hash;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -61,7 +61,8 @@ pub struct RateLimiter {
     /// Index of the latest window whose clearing has finished.
     ready_for: AtomicU64,
     stripes: Box<[Mutex<()>]>,
-    stripe_hasher: std::collections::hash_map::RandomState,
+    /// Hashes keys to stripes; aHash, as pingora-limits uses for the sketch itself.
+    stripe_hasher: ahash::RandomState,
 }
 
 impl std::fmt::Debug for RateLimiter {
@@ -84,7 +85,7 @@ impl RateLimiter {
             cleared_for: AtomicU64::new(1),
             ready_for: AtomicU64::new(1),
             stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
-            stripe_hasher: std::collections::hash_map::RandomState::new(),
+            stripe_hasher: ahash::RandomState::new(),
         }
     }
 
