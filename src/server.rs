@@ -144,6 +144,13 @@ pub fn run(config: RuntimeConfig, options: ProcessOptions) {
         config: shared_for_reload,
     };
     server.add_service(background_service("config reload", reload));
+    // Export both reload counters from the start, at 0, so dashboards and alerts can rely on
+    // them before the first reload.
+    for result in ["success", "failure"] {
+        crate::metrics::metrics()
+            .config_reloads_total
+            .with_label_values(&[result]);
+    }
     crate::metrics::metrics().config_last_reload_success.set(
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
