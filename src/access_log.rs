@@ -67,6 +67,7 @@ pub fn record(session: &Session, error: Option<&Error>, ctx: &RequestContext) {
     let bytes_in = session.body_bytes_read();
     let bytes_out = session.body_bytes_sent();
 
+    crate::proxy::record_outcome(error, status, ctx);
     let m = metrics();
     m.requests_total
         .with_label_values(&[route, method_label(&request.method), &code_label(status)])

@@ -21,6 +21,8 @@ pub struct Metrics {
     pub rejected_connections_total: IntCounter,
     pub config_reloads_total: IntCounterVec,
     pub config_last_reload_success: Gauge,
+    pub timeouts_total: IntCounterVec,
+    pub client_disconnects_total: IntCounterVec,
 }
 
 fn register<T: prometheus::core::Collector + Clone + 'static>(registry: &Registry, metric: T) -> T {
@@ -162,6 +164,25 @@ impl Metrics {
                 Gauge::new(
                     "gatehouse_config_last_reload_success_timestamp_seconds",
                     "Unix time of the last successful config load (the start counts as one).",
+                )
+                .expect("valid metric"),
+            ),
+            timeouts_total: register(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new("gatehouse_timeouts_total", "Requests ended by a timeout, by route and timeout."),
+                    &["route", "kind"],
+                )
+                .expect("valid metric"),
+            ),
+            client_disconnects_total: register(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "gatehouse_client_disconnects_total",
+                        "Requests whose client went away before the response was complete (logged as 499).",
+                    ),
+                    &["route"],
                 )
                 .expect("valid metric"),
             ),

@@ -2,6 +2,7 @@
 //! module that owns the concern (routing, upstream selection, headers, errors, logging).
 
 mod messages;
+mod timeouts;
 
 use crate::access_log;
 use crate::client_ip::client_ip;
@@ -33,6 +34,8 @@ use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Instant;
+use timeouts::apply_downstream_timeouts;
+pub use timeouts::record_outcome;
 
 /// The gateway: the current compiled config, swapped whole on reload.
 pub struct Gateway {
@@ -158,6 +161,7 @@ impl ProxyHttp for Gateway {
         } else {
             self.decide(session, ctx)
         };
+        apply_downstream_timeouts(session, ctx);
         if matches!(decision, Decision::Proxy | Decision::Respond)
             && crate::limits::enforce::enforce(session, ctx).await?
         {

@@ -1,0 +1,283 @@
+//! Client-side timeouts (`downstream_body`, `downstream_write`, `downstream_idle`), client
+//! disconnects, and the `gatehouse_timeouts_total` metric.
+//!
+//! Timing tolerance: each timeout is asserted to fire no earlier than its value and no later
+//! than its value plus 700 ms, which covers the scheduling of a loaded 2-core debug build.
+
+mod common;
+
+use common::{get, Gateway, HttpClient, SilentBackend, DEFAULT_HOST};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+
+const TOLERANCE: Duration = Duration::from_millis(700);
+
+fn config(backend: &str, timeouts: &str) -> String {
+    format!(
+        "listen:
+  - address: {{listen}}
+admin:
+  address: {{admin}}
+timeouts:
+{timeouts}
+upstreams:
+  - name: backend
+    targets:
+      - {{ address: {backend} }}
+routes:
+  - name: api
+    match: {{ path_prefix: /api }}
+    upstream: backend
+  - name: hello
+    match: {{ path: / }}
+    respond: {{ status: 200, body: \"hi\\n\" }}
+"
+    )
+}
+
+/// A backend that reads requests and never responds, and reports each time the gateway
+/// closes one of its connections.
+async fn start_closing_watcher() -> (String, mpsc::UnboundedReceiver<Instant>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let address = listener.local_addr().expect("address").to_string();
+    let (sender, receiver) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let sender = sender.clone();
+            tokio::spawn(async move {
+                let mut buffer = [0u8; 4096];
+                while let Ok(count) = stream.read(&mut buffer).await {
+                    if count == 0 {
+                        break;
+                    }
+                }
+                let _ = sender.send(Instant::now());
+            });
+        }
+    });
+    (address, receiver)
+}
+
+fn assert_fired_in_time(label: &str, elapsed: Duration, timeout: Duration) {
+    assert!(
+        elapsed >= timeout,
+        "{label} fired after {elapsed:?}, before its {timeout:?}"
+    );
+    assert!(
+        elapsed < timeout + TOLERANCE,
+        "{label} fired after {elapsed:?}, later than {timeout:?} + {TOLERANCE:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stalled_body_gets_408() {
+    let (backend, mut closed) = start_closing_watcher().await;
+    let gateway = Gateway::start(&config(&backend, "  downstream_body: 1s")).await;
+
+    let mut client = HttpClient::connect(gateway.listen_addr()).await;
+    let head = format!(
+        "POST /api/upload HTTP/1.1\r\nHost: {DEFAULT_HOST}\r\nContent-Length: 10\r\n\r\nhello"
+    );
+    let started = Instant::now();
+    client.send_raw(head.as_bytes()).await.expect("send");
+    let response = client.read_response(false).await.expect("a response");
+    let elapsed = started.elapsed();
+
+    assert_eq!(response.status, 408, "status after the body stalled");
+    assert_eq!(response.body_text(), "408 Request Timeout\n", "error body");
+    assert_fired_in_time("downstream_body", elapsed, Duration::from_secs(1));
+
+    let backend_closed = tokio::time::timeout(Duration::from_secs(5), closed.recv())
+        .await
+        .expect("the upstream connection closes within 5 s")
+        .expect("a close time");
+    assert!(
+        backend_closed.duration_since(started) < Duration::from_secs(1) + TOLERANCE,
+        "the upstream request was aborted with the client's"
+    );
+    let kind = [("route", "api"), ("kind", "downstream_body")];
+    let value = gateway
+        .wait_for_metric("gatehouse_timeouts_total", &kind, 1.0)
+        .await;
+    assert_eq!(value, Some(1.0), "timeouts_total counts the body timeout");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_keepalive_connection_closed() {
+    let backend = SilentBackend::start().await;
+    let gateway = Gateway::start(&config(&backend.address(), "  downstream_idle: 1s")).await;
+
+    let mut client = HttpClient::connect(gateway.listen_addr()).await;
+    let response = client.send(&common::Request::get("/")).await;
+    assert_eq!(response.status, 200, "first request");
+    assert_eq!(
+        response.header("connection"),
+        Some("keep-alive"),
+        "the connection is kept alive"
+    );
+
+    let started = Instant::now();
+    let rest = client.read_until_close().await.expect("read until close");
+    let elapsed = started.elapsed();
+    assert!(rest.is_empty(), "nothing is sent before closing: {rest:?}");
+    assert_fired_in_time("downstream_idle", elapsed, Duration::from_secs(1));
+}
+
+/// A backend that responds to each request with a 64 MiB body, counting the bytes it manages to
+/// write, and reports when the gateway stops taking them.
+async fn start_large_response_backend() -> (String, mpsc::UnboundedReceiver<usize>) {
+    const BODY: usize = 64 * 1024 * 1024;
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let address = listener.local_addr().expect("address").to_string();
+    let (sender, receiver) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let sender = sender.clone();
+            tokio::spawn(async move {
+                let mut buffer = [0u8; 4096];
+                let _ = stream.read(&mut buffer).await;
+                let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {BODY}\r\n\r\n");
+                if stream.write_all(head.as_bytes()).await.is_err() {
+                    return;
+                }
+                let chunk = vec![b'x'; 64 * 1024];
+                let mut written = 0;
+                while written < BODY {
+                    if stream.write_all(&chunk).await.is_err() {
+                        break;
+                    }
+                    written += chunk.len();
+                }
+                let _ = sender.send(written);
+            });
+        }
+    });
+    (address, receiver)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn client_that_stops_reading_closed() {
+    let (backend, mut finished) = start_large_response_backend().await;
+    let gateway = Gateway::start(&config(&backend, "  downstream_write: 1s")).await;
+
+    let mut client = HttpClient::connect(gateway.listen_addr()).await;
+    client
+        .send_raw(format!("GET /api/big HTTP/1.1\r\nHost: {DEFAULT_HOST}\r\n\r\n").as_bytes())
+        .await
+        .expect("send");
+    // The client now reads nothing. Once the socket buffers are full, each write of the
+    // gateway waits, and the write timeout ends the request.
+    let kind = [("route", "api"), ("kind", "downstream_write")];
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut counted = None;
+    while Instant::now() < deadline {
+        counted = common::sample_value(
+            &common::parse_metrics(&gateway.metrics().await),
+            "gatehouse_timeouts_total",
+            &kind,
+        );
+        if counted == Some(1.0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        counted,
+        Some(1.0),
+        "timeouts_total counts the write timeout"
+    );
+
+    let written = tokio::time::timeout(Duration::from_secs(10), finished.recv())
+        .await
+        .expect("the upstream connection is released within 10 s")
+        .expect("a byte count");
+    assert!(
+        written < 64 * 1024 * 1024,
+        "the upstream stopped before sending the whole body ({written} bytes)"
+    );
+    drop(client);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn client_disconnect_logged_499() {
+    let (backend, mut closed) = start_closing_watcher().await;
+    let gateway = Gateway::start(&config(&backend, "  upstream_read: 30s")).await;
+
+    let mut client = HttpClient::connect(gateway.listen_addr()).await;
+    client
+        .send_raw(format!("GET /api/slow HTTP/1.1\r\nHost: {DEFAULT_HOST}\r\n\r\n").as_bytes())
+        .await
+        .expect("send");
+    // Wait until the gateway has sent the request upstream, then hang up.
+    let admin = gateway.admin_addr();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut in_flight = None;
+    while Instant::now() < deadline {
+        let body = get(admin, "/metrics").await.body_text();
+        in_flight = common::sample_value(
+            &common::parse_metrics(&body),
+            "gatehouse_requests_in_flight",
+            &[("route", "api")],
+        );
+        if in_flight == Some(1.0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(in_flight, Some(1.0), "the request is in flight");
+    let hung_up = Instant::now();
+    drop(client);
+
+    let backend_closed = tokio::time::timeout(Duration::from_secs(5), closed.recv())
+        .await
+        .expect("the upstream connection closes within 5 s")
+        .expect("a close time");
+    assert!(
+        backend_closed.duration_since(hung_up) < TOLERANCE,
+        "the upstream request is cancelled promptly"
+    );
+
+    let records = gateway.wait_for_access_log(1).await;
+    let record = records.last().expect("a record");
+    assert_eq!(
+        record.get("status").and_then(|s| s.as_u64()),
+        Some(499),
+        "the access log records 499: {record:?}"
+    );
+    let value = gateway
+        .wait_for_metric(
+            "gatehouse_client_disconnects_total",
+            &[("route", "api")],
+            1.0,
+        )
+        .await;
+    assert_eq!(value, Some(1.0), "client_disconnects_total counts it");
+    let requests = gateway
+        .wait_for_metric(
+            "gatehouse_requests_total",
+            &[("route", "api"), ("method", "GET"), ("code", "499")],
+            1.0,
+        )
+        .await;
+    assert_eq!(requests, Some(1.0), "requests_total counts it as 499");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn upstream_read_timeout_counted() {
+    let backend = SilentBackend::start().await;
+    let gateway = Gateway::start(&config(&backend.address(), "  upstream_read: 1s")).await;
+
+    let response = gateway.get("/api/x").await;
+    assert_eq!(response.status, 504, "silent upstream");
+    let kind = [("route", "api"), ("kind", "upstream_read")];
+    let value = gateway
+        .wait_for_metric("gatehouse_timeouts_total", &kind, 1.0)
+        .await;
+    assert_eq!(
+        value,
+        Some(1.0),
+        "timeouts_total counts the upstream read timeout"
+    );
+}
