@@ -281,3 +281,105 @@ async fn upstream_read_timeout_counted() {
         "timeouts_total counts the upstream read timeout"
     );
 }
+
+/// Sends `bytes` one at a time, `gap` apart, until the gateway responds or closes, and
+/// returns what it sent back and when, measured from the first byte.
+async fn trickle(
+    stream: &mut tokio::net::TcpStream,
+    bytes: &[u8],
+    gap: Duration,
+) -> (Vec<u8>, Duration) {
+    let started = Instant::now();
+    let mut received = Vec::new();
+    let mut buffer = [0u8; 1024];
+    for &byte in bytes {
+        if stream.write_all(&[byte]).await.is_err() {
+            break;
+        }
+        match tokio::time::timeout(gap, stream.read(&mut buffer)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(count)) => {
+                received.extend_from_slice(&buffer[..count]);
+                break;
+            }
+            Err(_) => {}
+        }
+    }
+    (received, started.elapsed())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn slowloris_header_gets_408() {
+    let backend = SilentBackend::start().await;
+    let gateway = Gateway::start(&config(&backend.address(), "  downstream_header: 1s")).await;
+
+    // One byte every 200 ms: each read succeeds long before any per-read timeout, but the
+    // whole header (about 60 bytes, 12 s at this pace) cannot arrive within 1 s.
+    let header = format!(
+        "GET / HTTP/1.1\r\nHost: {DEFAULT_HOST}\r\nX-Slow: {}\r\n\r\n",
+        "a".repeat(20)
+    );
+    let mut stream = tokio::net::TcpStream::connect(gateway.listen_addr())
+        .await
+        .expect("connect");
+    let (received, elapsed) =
+        trickle(&mut stream, header.as_bytes(), Duration::from_millis(200)).await;
+    let text = String::from_utf8_lossy(&received);
+    assert!(
+        text.starts_with("HTTP/1.1 408 Request Timeout\r\n"),
+        "a 408 when the header deadline expires: {text:?}"
+    );
+    // The response is read at the end of a 200 ms gap, so it may be seen up to 200 ms late.
+    assert_fired_in_time("downstream_header", elapsed, Duration::from_secs(1));
+    let kind = [("route", ""), ("kind", "downstream_header")];
+    let value = gateway
+        .wait_for_metric("gatehouse_timeouts_total", &kind, 1.0)
+        .await;
+    assert_eq!(value, Some(1.0), "timeouts_total counts the header timeout");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn header_deadline_per_kept_alive_request() {
+    let backend = SilentBackend::start().await;
+    let timeouts = "  downstream_header: 1s\n  downstream_idle: 5s";
+    let gateway = Gateway::start(&config(&backend.address(), timeouts)).await;
+
+    let mut client = HttpClient::connect(gateway.listen_addr()).await;
+    for round in 0..2 {
+        let response = client.send(&common::Request::get("/")).await;
+        assert_eq!(
+            response.status, 200,
+            "request {round} on the kept-alive connection"
+        );
+        // Idle for longer than the header deadline: only downstream_idle applies here.
+        tokio::time::sleep(Duration::from_millis(1_500)).await;
+    }
+
+    let mut stream = tokio::net::TcpStream::connect(gateway.listen_addr())
+        .await
+        .expect("connect");
+    let first = format!("GET / HTTP/1.1\r\nHost: {DEFAULT_HOST}\r\n\r\n");
+    stream.write_all(first.as_bytes()).await.expect("send");
+    let mut buffer = vec![0u8; 4096];
+    let count = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buffer))
+        .await
+        .expect("a response within 5 s")
+        .expect("read");
+    assert!(
+        String::from_utf8_lossy(&buffer[..count]).starts_with("HTTP/1.1 200 OK"),
+        "first response"
+    );
+    // The next request starts but stalls after a few bytes: its own deadline runs from them.
+    let started = Instant::now();
+    stream.write_all(b"GET / HT").await.expect("send part");
+    let count = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buffer))
+        .await
+        .expect("a response within 5 s")
+        .expect("read");
+    let elapsed = started.elapsed();
+    assert!(
+        String::from_utf8_lossy(&buffer[..count]).starts_with("HTTP/1.1 408 Request Timeout"),
+        "a 408 for the stalled second header"
+    );
+    assert_fired_in_time("downstream_header", elapsed, Duration::from_secs(1));
+}

@@ -278,11 +278,8 @@ pub(super) fn warn_unenforced_timeouts(
     path: &str,
     timeouts: &TimeoutsFile,
 ) {
-    // TODO: `request` and `downstream_header` are validated but not enforced yet.
-    let unenforced = [
-        ("request", timeouts.request.is_some()),
-        ("downstream_header", timeouts.downstream_header.is_some()),
-    ];
+    // TODO: `request` is validated but not enforced yet.
+    let unenforced = [("request", timeouts.request.is_some())];
     for (name, given) in unenforced {
         if given {
             warnings.push(format!("{path}.{name}: not enforced yet"));

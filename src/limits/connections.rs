@@ -1,17 +1,20 @@
 //! The process-wide cap on downstream connections (`limits.max_connections`) and the
 //! `gatehouse_downstream_connections{listener}` gauge.
 //!
-//! Pingora has no hook for a connection's end, so the proxy app is wrapped: a connection seen
-//! for the first time is admitted or closed at once, before any request is read, and its
-//! stream is wrapped in [`CountedStream`], whose drop releases the count. Pingora hands a
-//! kept-alive connection back to the app for each request, so the wrapper recognizes streams
-//! it wrapped already.
+//! Pingora has no hook for a connection's end, so the proxy app is wrapped: a new connection
+//! is admitted or closed at once, before any request is read, and its stream is wrapped in
+//! [`CountedStream`], whose drop releases the count. Pingora serves the kept-alive requests of
+//! an HTTP/1 connection within one call of the app; a stream that comes back wrapped anyway
+//! is passed through as it is.
 //!
 //! NOTE: on a TLS listener the check runs after the TLS handshake, because Pingora performs
 //! the handshake before it calls the app; connections still in their handshake are not
 //! counted (Pingora bounds a handshake to 60 s).
 
+use crate::config::RuntimeConfig;
+use crate::limits::header_deadline::{HeaderDeadline, HeaderProgress};
 use crate::metrics::metrics;
+use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use pingora_core::apps::ServerApp;
 use pingora_core::protocols::raw_connect::ProxyDigest;
@@ -73,11 +76,19 @@ impl Drop for ConnectionSlot {
     }
 }
 
-/// A downstream stream that holds its connection's slot.
+/// A downstream stream that holds its connection's slot and its request header deadline.
 #[derive(Debug)]
 pub struct CountedStream {
     inner: Stream,
+    header_deadline: HeaderDeadline,
     _slot: ConnectionSlot,
+}
+
+impl CountedStream {
+    /// Progress flag of the current request header, for the proxy to mark it complete.
+    pub fn header_progress(&self) -> &Arc<HeaderProgress> {
+        self.header_deadline.progress()
+    }
 }
 
 /// A listener address and its label in `gatehouse_downstream_connections`.
@@ -90,6 +101,8 @@ pub struct ListenerLabel {
 /// Wraps the proxy app to enforce [`ConnectionTracker`] on new connections.
 pub struct ConnectionLimitedApp<A> {
     inner: Arc<A>,
+    /// The running config, for the current `timeouts.downstream_header`.
+    config: Arc<ArcSwap<RuntimeConfig>>,
     tracker: Arc<ConnectionTracker>,
     listeners: Vec<ListenerLabel>,
     /// Gauge for a connection whose local address matches no listener (not expected).
@@ -100,12 +113,14 @@ impl<A> ConnectionLimitedApp<A> {
     /// `listeners` pairs each configured listener address with its label.
     pub fn new(
         inner: A,
+        config: Arc<ArcSwap<RuntimeConfig>>,
         tracker: Arc<ConnectionTracker>,
         listeners: &[(SocketAddr, String)],
     ) -> Self {
         let gauge = |label: &str| metrics().downstream_connections.with_label_values(&[label]);
         ConnectionLimitedApp {
             inner: Arc::new(inner),
+            config,
             tracker,
             listeners: listeners
                 .iter()
@@ -148,16 +163,25 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for ConnectionLimitedApp<A>
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
+        let header_timeout = self.config.load().timeouts.downstream_header;
         let already_counted = (*stream).as_any().is::<CountedStream>();
         let stream: Stream = if already_counted {
             stream
         } else {
             let gauge = self.gauge_for(local_address(&stream));
             match self.tracker.try_admit(gauge) {
-                Some(slot) => Box::new(CountedStream {
-                    inner: stream,
-                    _slot: slot,
-                }),
+                Some(slot) => {
+                    let header_deadline = if stream.selected_alpn_proto() == Some(ALPN::H2) {
+                        HeaderDeadline::off()
+                    } else {
+                        HeaderDeadline::armed(header_timeout)
+                    };
+                    Box::new(CountedStream {
+                        inner: stream,
+                        header_deadline,
+                        _slot: slot,
+                    })
+                }
                 None => {
                     metrics().rejected_connections_total.inc();
                     // Dropping the stream closes the connection without reading from it.
@@ -175,11 +199,12 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for ConnectionLimitedApp<A>
 
 impl AsyncRead for CountedStream {
     fn poll_read(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
+        let this = self.get_mut();
+        this.header_deadline.poll_read(&mut this.inner, cx, buf)
     }
 }
 

@@ -4,4 +4,5 @@
 pub mod concurrency;
 pub mod connections;
 pub mod enforce;
+pub mod header_deadline;
 pub mod rate;

@@ -17,6 +17,8 @@ use crate::headers::{
     generate_request_id, is_valid_request_id, remove_connection_nominated,
     remove_unannounced_upgrade, X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO, X_REQUEST_ID,
 };
+use crate::limits::connections::CountedStream;
+use crate::limits::header_deadline::HeaderProgress;
 use crate::metrics::metrics;
 use crate::upstream::{HashKey, InFlight};
 use arc_swap::ArcSwap;
@@ -36,6 +38,15 @@ use std::sync::Arc;
 use std::time::Instant;
 use timeouts::apply_downstream_timeouts;
 pub use timeouts::record_outcome;
+
+/// Returns the header-deadline state of the client stream, for HTTP/1 connections.
+fn header_progress(session: &Session) -> Option<&Arc<HeaderProgress>> {
+    session
+        .as_downstream()
+        .stream()
+        .and_then(|stream| (**stream).as_any().downcast_ref::<CountedStream>())
+        .map(CountedStream::header_progress)
+}
 
 /// The gateway: the current compiled config, swapped whole on reload.
 pub struct Gateway {
@@ -134,6 +145,18 @@ impl ProxyHttp for Gateway {
 
     fn new_ctx(&self) -> Self::CTX {
         RequestContext::new(self.config.load_full())
+    }
+
+    /// Marks the request header complete, which stops its `downstream_header` deadline.
+    async fn early_request_filter(
+        &self,
+        session: &mut Session,
+        _ctx: &mut Self::CTX,
+    ) -> Result<()> {
+        if let Some(progress) = header_progress(session) {
+            progress.mark_complete();
+        }
+        Ok(())
     }
 
     /// Assigns the request id, finds the client address and the route, and responds to
@@ -470,6 +493,9 @@ impl ProxyHttp for Gateway {
     /// Records metrics and writes the access log line, once per request.
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Self::CTX) {
         access_log::record(session, e, ctx);
+        if let Some(progress) = header_progress(session) {
+            progress.mark_finished();
+        }
         ctx.in_flight = None;
         ctx.route_permit = None;
     }

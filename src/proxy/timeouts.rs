@@ -10,9 +10,8 @@
 //!   next request on a kept-alive connection. Pingora takes it in whole seconds, so it is
 //!   rounded up.
 //!
-//! NOTE: all three bound single waits (an idle time), not a total. The first request on a
-//! connection is read under Pingora's default read timeout of 60 s per read, because no hook
-//! runs before its header is complete, so `downstream_header` is not enforced yet.
+//! All three bound single waits (an idle time), not a total. `downstream_header` is a deadline
+//! for the whole header; it runs on the client stream, see `limits::header_deadline`.
 
 use crate::context::RequestContext;
 use crate::errors::CLIENT_CLOSED_REQUEST;
