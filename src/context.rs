@@ -31,6 +31,10 @@ pub struct RequestContext {
     pub route_permit: Option<InFlightPermit>,
     /// Request body bytes seen so far, against `limits.max_request_body`.
     pub body_bytes: u64,
+    /// When the `request` timeout ends this request, once it is routed to an upstream.
+    pub request_deadline: Option<Instant>,
+    /// Set when the request failed because its `request` deadline passed.
+    pub request_deadline_expired: bool,
     pub upstream_sent_at: Option<Instant>,
     pub upstream_duration: Option<Duration>,
     /// Status decided by `fail_to_proxy`, for logging when no response header was written.
@@ -54,6 +58,8 @@ impl RequestContext {
             in_flight: None,
             route_permit: None,
             body_bytes: 0,
+            request_deadline: None,
+            request_deadline_expired: false,
             upstream_sent_at: None,
             upstream_duration: None,
             error_status: None,

@@ -383,3 +383,193 @@ async fn header_deadline_per_kept_alive_request() {
     );
     assert_fired_in_time("downstream_header", elapsed, Duration::from_secs(1));
 }
+
+/// A backend that sends a chunked 200 and then one 5-byte chunk every `gap`, `chunks` times,
+/// then the last chunk.
+async fn start_trickling_backend(gap: Duration, chunks: usize) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let address = listener.local_addr().expect("address").to_string();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buffer = [0u8; 4096];
+                let _ = stream.read(&mut buffer).await;
+                let head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n";
+                if stream.write_all(head).await.is_err() {
+                    return;
+                }
+                let mut ticker = tokio::time::interval(gap);
+                ticker.tick().await;
+                for _ in 0..chunks {
+                    ticker.tick().await;
+                    if stream.write_all(b"5\r\nhello\r\n").await.is_err() {
+                        return;
+                    }
+                }
+                let _ = stream.write_all(b"0\r\n\r\n").await;
+            });
+        }
+    });
+    address
+}
+
+/// Reads a whole response off `stream` until the last chunk or the end of the connection,
+/// and returns the bytes and whether the last chunk arrived.
+async fn read_chunked_response(stream: &mut tokio::net::TcpStream) -> (Vec<u8>, bool) {
+    let mut received = Vec::new();
+    let mut buffer = [0u8; 4096];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(15), stream.read(&mut buffer)).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return (received, false),
+            Ok(Ok(count)) => {
+                received.extend_from_slice(&buffer[..count]);
+                if received.ends_with(b"\r\n0\r\n\r\n") {
+                    return (received, true);
+                }
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn progressing_response_outlives_read_timeout() {
+    // 10 chunks 300 ms apart: 3 s in all, each gap well under the 1 s upstream_read.
+    let backend = start_trickling_backend(Duration::from_millis(300), 10).await;
+    let timeouts = "  upstream_read: 1s\n  request: 10s";
+    let gateway = Gateway::start(&config(&backend, timeouts)).await;
+
+    let mut stream = tokio::net::TcpStream::connect(gateway.listen_addr())
+        .await
+        .expect("connect");
+    let request = format!("GET /api/stream HTTP/1.1\r\nHost: {DEFAULT_HOST}\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.expect("send");
+    let (received, complete) = read_chunked_response(&mut stream).await;
+    let text = String::from_utf8_lossy(&received);
+    assert!(text.starts_with("HTTP/1.1 200 OK"), "status line: {text:?}");
+    assert!(complete, "the whole chunked body arrived: {text:?}");
+    assert_eq!(text.matches("hello").count(), 10, "all ten chunks arrived");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn request_deadline_cuts_progressing_response() {
+    let backend = start_trickling_backend(Duration::from_millis(300), 30).await;
+    let timeouts = "  upstream_read: 1s\n  request: 2s";
+    let gateway = Gateway::start(&config(&backend, timeouts)).await;
+
+    let mut stream = tokio::net::TcpStream::connect(gateway.listen_addr())
+        .await
+        .expect("connect");
+    let request = format!("GET /api/stream HTTP/1.1\r\nHost: {DEFAULT_HOST}\r\n\r\n");
+    let started = Instant::now();
+    stream.write_all(request.as_bytes()).await.expect("send");
+    let (received, complete) = read_chunked_response(&mut stream).await;
+    let elapsed = started.elapsed();
+    let text = String::from_utf8_lossy(&received);
+    assert!(text.starts_with("HTTP/1.1 200 OK"), "status line: {text:?}");
+    assert!(
+        !complete,
+        "the response is cut without its last chunk: {text:?}"
+    );
+    assert_fired_in_time("request", elapsed, Duration::from_secs(2));
+    let kind = [("route", "api"), ("kind", "request")];
+    let value = gateway
+        .wait_for_metric("gatehouse_timeouts_total", &kind, 1.0)
+        .await;
+    assert_eq!(
+        value,
+        Some(1.0),
+        "timeouts_total counts the request deadline"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn request_deadline_gives_504() {
+    let backend = SilentBackend::start().await;
+    let timeouts = "  upstream_read: 30s\n  request: 1s";
+    let gateway = Gateway::start(&config(&backend.address(), timeouts)).await;
+
+    let started = Instant::now();
+    let response = gateway.get("/api/x").await;
+    let elapsed = started.elapsed();
+    assert_eq!(
+        response.status, 504,
+        "status when the request deadline passes"
+    );
+    assert_eq!(response.body_text(), "504 Gateway Timeout\n", "error body");
+    assert_fired_in_time("request", elapsed, Duration::from_secs(1));
+    let kind = [("route", "api"), ("kind", "request")];
+    let value = gateway
+        .wait_for_metric("gatehouse_timeouts_total", &kind, 1.0)
+        .await;
+    assert_eq!(
+        value,
+        Some(1.0),
+        "timeouts_total counts the request deadline"
+    );
+}
+
+fn thread_count(pid: u32) -> usize {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read status");
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("Threads:"))
+        .and_then(|value| value.trim().parse().ok())
+        .expect("a Threads line")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn many_stalled_requests_all_504() {
+    const REQUESTS: usize = 2_000;
+    // Tolerance for this test: every 504 within 1 s of the deadline, because 2,000
+    // connections are opened and served at once by a debug build on 2 cores.
+    const LATE: Duration = Duration::from_secs(1);
+    let backend = SilentBackend::start().await;
+    let timeouts = "  upstream_read: 30s\n  request: 1s";
+    let yaml = config(&backend.address(), timeouts)
+        .replace("upstreams:", "server:\n  threads: 2\nupstreams:");
+    let gateway = Gateway::start(&yaml).await;
+    let threads_before = thread_count(gateway.pid());
+
+    let address = gateway.listen_addr();
+    let mut tasks = tokio::task::JoinSet::new();
+    for index in 0..REQUESTS {
+        tasks.spawn(async move {
+            let mut stream = tokio::net::TcpStream::connect(address)
+                .await
+                .expect("connect");
+            let request = format!("GET /api/{index} HTTP/1.1\r\nHost: {DEFAULT_HOST}\r\n\r\n");
+            let started = Instant::now();
+            stream.write_all(request.as_bytes()).await.expect("send");
+            let mut buffer = [0u8; 256];
+            let count = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buffer))
+                .await
+                .expect("a response within 10 s")
+                .expect("read");
+            let head = String::from_utf8_lossy(&buffer[..count]).into_owned();
+            (head.starts_with("HTTP/1.1 504 "), started.elapsed())
+        });
+    }
+    let mut slowest = Duration::ZERO;
+    let mut gateway_timeouts = 0;
+    while let Some(joined) = tasks.join_next().await {
+        let (is_504, elapsed) = joined.expect("client task");
+        if is_504 {
+            gateway_timeouts += 1;
+        }
+        slowest = slowest.max(elapsed);
+    }
+    let threads_after = thread_count(gateway.pid());
+    eprintln!(
+        "{REQUESTS} stalled requests: {gateway_timeouts} got 504, the slowest after {slowest:?}; \
+         gateway threads {threads_before} -> {threads_after}"
+    );
+    assert_eq!(gateway_timeouts, REQUESTS, "every stalled request got 504");
+    assert!(
+        slowest < Duration::from_secs(1) + LATE,
+        "the slowest 504 came after {slowest:?}"
+    );
+    assert_eq!(
+        threads_after, threads_before,
+        "the gateway's thread count stays the same"
+    );
+}

@@ -273,20 +273,6 @@ impl Checker {
     }
 }
 
-pub(super) fn warn_unenforced_timeouts(
-    warnings: &mut Vec<String>,
-    path: &str,
-    timeouts: &TimeoutsFile,
-) {
-    // TODO: `request` is validated but not enforced yet.
-    let unenforced = [("request", timeouts.request.is_some())];
-    for (name, given) in unenforced {
-        if given {
-            warnings.push(format!("{path}.{name}: not enforced yet"));
-        }
-    }
-}
-
 /// Reports an address that would bind the same socket as an earlier listener: the same
 /// port on the same address, or on a wildcard address (`0.0.0.0`, `::`) that covers it.
 fn check_overlap(
@@ -421,7 +407,6 @@ pub fn compile(file: FileConfig, base_dir: &Path) -> Result<RuntimeConfig, Vec<P
         );
     }
     c.check_timeouts("timeouts", &file.timeouts);
-    warn_unenforced_timeouts(&mut warnings, "timeouts", &file.timeouts);
     let timeouts = Timeouts::default().overridden_by(&file.timeouts);
 
     let mut upstream_by_name: HashMap<&str, Arc<Upstream>> = HashMap::new();
@@ -454,14 +439,7 @@ pub fn compile(file: FileConfig, base_dir: &Path) -> Result<RuntimeConfig, Vec<P
                 format!("duplicate route name \"{}\"", route_file.name),
             );
         }
-        let route = compile_route(
-            &mut c,
-            &mut warnings,
-            i,
-            route_file,
-            &upstream_by_name,
-            timeouts,
-        );
+        let route = compile_route(&mut c, i, route_file, &upstream_by_name, timeouts);
         routes.push(Arc::new(route));
     }
     if file.routes.is_empty() {

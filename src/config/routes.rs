@@ -1,8 +1,7 @@
 //! Compilation of the `routes` list: match blocks, actions, rewrites, header rules and limits.
 
 use super::compile::{
-    warn_unenforced_timeouts, Checker, DirectResponse, RateLimitKey, Route, RouteAction,
-    RouteRateLimit, Timeouts,
+    Checker, DirectResponse, RateLimitKey, Route, RouteAction, RouteRateLimit, Timeouts,
 };
 use super::file::{MatchFile, RouteFile};
 use crate::headers::is_hop_by_hop;
@@ -160,7 +159,6 @@ fn compile_match(c: &mut Checker, path: &str, m: &MatchFile) -> RouteMatcher {
 
 pub(super) fn compile_route(
     c: &mut Checker,
-    warnings: &mut Vec<String>,
     index: usize,
     file: &RouteFile,
     upstreams: &HashMap<&str, Arc<Upstream>>,
@@ -363,7 +361,6 @@ pub(super) fn compile_route(
     let timeouts = match &file.timeouts {
         Some(overrides) => {
             c.check_timeouts(&format!("{path}.timeouts"), overrides);
-            warn_unenforced_timeouts(warnings, &format!("{path}.timeouts"), overrides);
             defaults.overridden_by(overrides)
         }
         None => defaults,

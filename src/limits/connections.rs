@@ -12,7 +12,7 @@
 //! counted (Pingora bounds a handshake to 60 s).
 
 use crate::config::RuntimeConfig;
-use crate::limits::header_deadline::{HeaderDeadline, HeaderProgress};
+use crate::limits::client_deadlines::{HeaderDeadline, RequestDeadline, StreamControl};
 use crate::metrics::metrics;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
@@ -76,17 +76,18 @@ impl Drop for ConnectionSlot {
     }
 }
 
-/// A downstream stream that holds its connection's slot and its request header deadline.
+/// A downstream stream that holds its connection's slot and its client-side deadlines.
 #[derive(Debug)]
 pub struct CountedStream {
     inner: Stream,
     header_deadline: HeaderDeadline,
+    request_deadline: RequestDeadline,
     _slot: ConnectionSlot,
 }
 
 impl CountedStream {
     /// Progress flag of the current request header, for the proxy to mark it complete.
-    pub fn header_progress(&self) -> &Arc<HeaderProgress> {
+    pub fn stream_control(&self) -> &Arc<StreamControl> {
         self.header_deadline.progress()
     }
 }
@@ -179,6 +180,7 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for ConnectionLimitedApp<A>
                     Box::new(CountedStream {
                         inner: stream,
                         header_deadline,
+                        request_deadline: RequestDeadline::default(),
                         _slot: slot,
                     })
                 }
@@ -204,6 +206,10 @@ impl AsyncRead for CountedStream {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         let this = self.get_mut();
+        let control = this.header_deadline.progress();
+        if let Some(error) = this.request_deadline.poll_expired(control, cx) {
+            return Poll::Ready(Err(error));
+        }
         this.header_deadline.poll_read(&mut this.inner, cx, buf)
     }
 }

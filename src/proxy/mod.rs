@@ -17,8 +17,8 @@ use crate::headers::{
     generate_request_id, is_valid_request_id, remove_connection_nominated,
     remove_unannounced_upgrade, X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO, X_REQUEST_ID,
 };
+use crate::limits::client_deadlines::StreamControl;
 use crate::limits::connections::CountedStream;
-use crate::limits::header_deadline::HeaderProgress;
 use crate::metrics::metrics;
 use crate::upstream::{HashKey, InFlight};
 use arc_swap::ArcSwap;
@@ -35,17 +35,17 @@ use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use std::borrow::Cow;
 use std::sync::Arc;
-use std::time::Instant;
-use timeouts::apply_downstream_timeouts;
+use std::time::{Duration, Instant};
 pub use timeouts::record_outcome;
+use timeouts::{apply_downstream_timeouts, is_timeout};
 
 /// Returns the header-deadline state of the client stream, for HTTP/1 connections.
-fn header_progress(session: &Session) -> Option<&Arc<HeaderProgress>> {
+fn stream_control(session: &Session) -> Option<&Arc<StreamControl>> {
     session
         .as_downstream()
         .stream()
         .and_then(|stream| (**stream).as_any().downcast_ref::<CountedStream>())
-        .map(CountedStream::header_progress)
+        .map(CountedStream::stream_control)
 }
 
 /// The gateway: the current compiled config, swapped whole on reload.
@@ -153,7 +153,7 @@ impl ProxyHttp for Gateway {
         session: &mut Session,
         _ctx: &mut Self::CTX,
     ) -> Result<()> {
-        if let Some(progress) = header_progress(session) {
+        if let Some(progress) = stream_control(session) {
             progress.mark_complete();
         }
         Ok(())
@@ -191,7 +191,15 @@ impl ProxyHttp for Gateway {
             return Ok(true);
         }
         match decision {
-            Decision::Proxy => Ok(false),
+            Decision::Proxy => {
+                let route = ctx.route.as_ref().expect("a proxied request has a route");
+                let deadline = ctx.started + route.timeouts.request;
+                ctx.request_deadline = Some(deadline);
+                if let Some(control) = stream_control(session) {
+                    control.set_request_deadline(deadline);
+                }
+                Ok(false)
+            }
             Decision::BadRequest => {
                 write_error(
                     session,
@@ -293,10 +301,18 @@ impl ProxyHttp for Gateway {
         };
         let mut peer = HttpPeer::new(target.addr, tls, sni);
         let options = &mut peer.options;
-        options.connection_timeout = Some(route.timeouts.connect);
-        options.total_connection_timeout = Some(route.timeouts.connect);
-        options.read_timeout = Some(route.timeouts.upstream_read);
-        options.write_timeout = Some(route.timeouts.upstream_write);
+        // No single wait may outlast the request deadline. On HTTP/1 the client stream also
+        // enforces the deadline as a whole; on HTTP/2 these bounds are the only enforcement.
+        let remaining = ctx
+            .request_deadline
+            .map_or(Duration::MAX, |deadline| {
+                deadline.saturating_duration_since(Instant::now())
+            })
+            .max(Duration::from_millis(1));
+        options.connection_timeout = Some(route.timeouts.connect.min(remaining));
+        options.total_connection_timeout = Some(route.timeouts.connect.min(remaining));
+        options.read_timeout = Some(route.timeouts.upstream_read.min(remaining));
+        options.write_timeout = Some(route.timeouts.upstream_write.min(remaining));
         options.idle_timeout = Some(upstream.keepalive_idle_timeout);
         if let Some(tls) = &upstream.tls {
             options.verify_cert = tls.verify;
@@ -474,7 +490,16 @@ impl ProxyHttp for Gateway {
         e: &Error,
         ctx: &mut Self::CTX,
     ) -> FailToProxy {
-        let code = status_for_error(e);
+        let deadline_passed = ctx
+            .request_deadline
+            .is_some_and(|deadline| Instant::now() >= deadline);
+        let fired_on_stream = stream_control(session).is_some_and(|c| c.request_deadline_fired());
+        ctx.request_deadline_expired = fired_on_stream || (deadline_passed && is_timeout(e));
+        let code = if ctx.request_deadline_expired {
+            504
+        } else {
+            status_for_error(e)
+        };
         ctx.error_status = Some(code);
         if code != CLIENT_CLOSED_REQUEST && session.response_written().is_none() {
             let status = StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_GATEWAY);
@@ -493,7 +518,7 @@ impl ProxyHttp for Gateway {
     /// Records metrics and writes the access log line, once per request.
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Self::CTX) {
         access_log::record(session, e, ctx);
-        if let Some(progress) = header_progress(session) {
+        if let Some(progress) = stream_control(session) {
             progress.mark_finished();
         }
         ctx.in_flight = None;

@@ -10,8 +10,8 @@
 //!   next request on a kept-alive connection. Pingora takes it in whole seconds, so it is
 //!   rounded up.
 //!
-//! All three bound single waits (an idle time), not a total. `downstream_header` is a deadline
-//! for the whole header; it runs on the client stream, see `limits::header_deadline`.
+//! All three bound single waits (an idle time), not a total. `downstream_header` and `request`
+//! are deadlines; they run on the client stream, see `limits::client_deadlines`.
 
 use crate::context::RequestContext;
 use crate::errors::CLIENT_CLOSED_REQUEST;
@@ -45,11 +45,20 @@ pub fn timeout_kind(error: &Error) -> Option<&'static str> {
     }
 }
 
+/// True for an error that a timeout raised, on either side.
+pub fn is_timeout(error: &Error) -> bool {
+    timeout_kind(error).is_some()
+}
+
 /// Records a request's timeout or client disconnect in the metrics.
 pub fn record_outcome(error: Option<&Error>, status: u16, ctx: &RequestContext) {
     let m = crate::metrics::metrics();
     let route = ctx.route_name();
-    if let Some(kind) = error.and_then(timeout_kind) {
+    if ctx.request_deadline_expired {
+        m.timeouts_total
+            .with_label_values(&[route, "request"])
+            .inc();
+    } else if let Some(kind) = error.and_then(timeout_kind) {
         m.timeouts_total.with_label_values(&[route, kind]).inc();
     } else if status == CLIENT_CLOSED_REQUEST {
         m.client_disconnects_total.with_label_values(&[route]).inc();

@@ -1,5 +1,5 @@
-//! The `downstream_header` deadline: a limit on the time a client takes to send a whole
-//! request header, enforced on the client stream itself.
+//! Deadlines enforced on the client stream itself: `downstream_header`, a limit on the time a
+//! client takes to send a whole request header, and `request`, a limit on the whole request.
 //!
 //! Pingora bounds each read of a request header, not the header as a whole, so a client that
 //! sends one byte just under every read timeout (slowloris) would hold its connection for as
@@ -19,8 +19,8 @@ use crate::metrics::metrics;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -38,10 +38,21 @@ enum Phase {
     Expired,
 }
 
-/// The header state of the current request, shared between the stream and the proxy.
+/// State of the current request shared between the client stream and the proxy: the header
+/// state, and the request deadline.
 #[derive(Debug, Default)]
-pub struct HeaderProgress {
+pub struct StreamControl {
     state: AtomicU8,
+    /// The request deadline in nanoseconds after [`clock_origin`], or 0 for none.
+    request_deadline: AtomicU64,
+    /// Set when the request deadline failed a read.
+    request_deadline_fired: AtomicBool,
+}
+
+/// The process-wide origin of the deadlines stored as integers.
+fn clock_origin() -> Instant {
+    static ORIGIN: OnceLock<Instant> = OnceLock::new();
+    *ORIGIN.get_or_init(Instant::now)
 }
 
 /// The stream is reading a request header under the deadline.
@@ -51,23 +62,94 @@ const COMPLETE: u8 = 1;
 /// The proxy has finished the request; a next request may follow on this connection.
 const FINISHED: u8 = 2;
 
-impl HeaderProgress {
+impl StreamControl {
     /// Called by the proxy once the request header has been parsed.
     pub fn mark_complete(&self) {
         self.state.store(COMPLETE, Ordering::Release);
     }
 
     /// Called by the proxy when a request ends, so the next request on a kept-alive
-    /// connection gets a deadline of its own from its first byte.
+    /// connection gets a deadline of its own from its first byte. Clears the request deadline.
     pub fn mark_finished(&self) {
+        self.request_deadline.store(0, Ordering::Release);
+        self.request_deadline_fired.store(false, Ordering::Release);
         self.state.store(FINISHED, Ordering::Release);
+    }
+
+    /// Sets the deadline by which the current request must be complete.
+    pub fn set_request_deadline(&self, deadline: std::time::Instant) {
+        let nanos = Instant::from_std(deadline)
+            .saturating_duration_since(clock_origin())
+            .as_nanos()
+            .max(1) as u64;
+        self.request_deadline.store(nanos, Ordering::Release);
+    }
+
+    /// True when the request deadline has failed a client read.
+    pub fn request_deadline_fired(&self) -> bool {
+        self.request_deadline_fired.load(Ordering::Acquire)
+    }
+}
+
+/// The `request` deadline on the client stream.
+///
+/// While a response streams, Pingora keeps reading the client connection to notice a
+/// disconnect, so a timer polled from that read fires even when neither side sends anything.
+/// When it fires, the read fails; Pingora then aborts the request on both sides, and the proxy
+/// responds 504 if no response header was sent, else the client connection is closed.
+#[derive(Default)]
+pub struct RequestDeadline {
+    armed_for: u64,
+    sleep: Option<Pin<Box<Sleep>>>,
+}
+
+impl std::fmt::Debug for RequestDeadline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RequestDeadline")
+            .field("armed_for", &self.armed_for)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RequestDeadline {
+    /// Returns an error once the request deadline in `control` has passed.
+    pub fn poll_expired(
+        &mut self,
+        control: &StreamControl,
+        cx: &mut Context<'_>,
+    ) -> Option<io::Error> {
+        let nanos = control.request_deadline.load(Ordering::Acquire);
+        if nanos == 0 {
+            self.armed_for = 0;
+            self.sleep = None;
+            return None;
+        }
+        if self.armed_for != nanos {
+            let deadline = clock_origin() + Duration::from_nanos(nanos);
+            self.sleep = Some(Box::pin(tokio::time::sleep_until(deadline)));
+            self.armed_for = nanos;
+        }
+        let sleep = self.sleep.as_mut()?;
+        if sleep.deadline() > Instant::now() && sleep.as_mut().poll(cx).is_pending() {
+            return None;
+        }
+        control.request_deadline.store(0, Ordering::Release);
+        control
+            .request_deadline_fired
+            .store(true, Ordering::Release);
+        self.armed_for = 0;
+        self.sleep = None;
+        Some(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "the request did not complete within timeouts.request",
+        ))
     }
 }
 
 pub struct HeaderDeadline {
     timeout: Duration,
     phase: Phase,
-    progress: Arc<HeaderProgress>,
+    progress: Arc<StreamControl>,
 }
 
 impl std::fmt::Debug for HeaderDeadline {
@@ -84,7 +166,7 @@ impl HeaderDeadline {
         HeaderDeadline {
             timeout,
             phase: Phase::Armed(Box::pin(tokio::time::sleep(timeout))),
-            progress: Arc::new(HeaderProgress::default()),
+            progress: Arc::new(StreamControl::default()),
         }
     }
 
@@ -93,11 +175,11 @@ impl HeaderDeadline {
         HeaderDeadline {
             timeout: Duration::ZERO,
             phase: Phase::Off,
-            progress: Arc::new(HeaderProgress::default()),
+            progress: Arc::new(StreamControl::default()),
         }
     }
 
-    pub fn progress(&self) -> &Arc<HeaderProgress> {
+    pub fn progress(&self) -> &Arc<StreamControl> {
         &self.progress
     }
 
