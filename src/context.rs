@@ -35,6 +35,9 @@ pub struct RequestContext {
     pub request_deadline: Option<Instant>,
     /// Set when the request failed because its `request` deadline passed.
     pub request_deadline_expired: bool,
+    /// Response body held back under the route's `buffer_response`; None once the body has
+    /// outgrown the buffer and is streamed.
+    pub response_buffer: Option<bytes::BytesMut>,
     pub upstream_sent_at: Option<Instant>,
     pub upstream_duration: Option<Duration>,
     /// Status decided by `fail_to_proxy`, for logging when no response header was written.
@@ -60,6 +63,7 @@ impl RequestContext {
             body_bytes: 0,
             request_deadline: None,
             request_deadline_expired: false,
+            response_buffer: None,
             upstream_sent_at: None,
             upstream_duration: None,
             error_status: None,

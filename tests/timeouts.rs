@@ -37,7 +37,7 @@ routes:
     )
 }
 
-/// A backend that reads requests and never responds, and reports each time the gateway
+/// Starts a backend that reads requests and never responds, and reports each time the gateway
 /// closes one of its connections.
 async fn start_closing_watcher() -> (String, mpsc::UnboundedReceiver<Instant>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -125,7 +125,7 @@ async fn idle_keepalive_connection_closed() {
     assert_fired_in_time("downstream_idle", elapsed, Duration::from_secs(1));
 }
 
-/// A backend that responds to each request with a 64 MiB body, counting the bytes it manages to
+/// Starts a backend that responds to each request with a 64 MiB body, counting the bytes it manages to
 /// write, and reports when the gateway stops taking them.
 async fn start_large_response_backend() -> (String, mpsc::UnboundedReceiver<usize>) {
     const BODY: usize = 64 * 1024 * 1024;
@@ -384,7 +384,7 @@ async fn header_deadline_per_kept_alive_request() {
     assert_fired_in_time("downstream_header", elapsed, Duration::from_secs(1));
 }
 
-/// A backend that sends a chunked 200 and then one 5-byte chunk every `gap`, `chunks` times,
+/// Starts a backend that sends a chunked 200 and then one 5-byte chunk every `gap`, `chunks` times,
 /// then the last chunk.
 async fn start_trickling_backend(gap: Duration, chunks: usize) -> String {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -571,5 +571,111 @@ async fn many_stalled_requests_all_504() {
     assert_eq!(
         threads_after, threads_before,
         "the gateway's thread count stays the same"
+    );
+}
+
+/// Size of the response in the slow-reader tests. Loopback socket buffers absorb a few MiB
+/// (a 1 MiB response leaves the backend in about 1 ms even for a client that reads nothing),
+/// so the body must be larger than them to show whether a slow client holds the backend.
+const SLOW_READER_BODY: usize = 16 * 1024 * 1024;
+
+/// Starts a backend that sends a `SLOW_READER_BODY` body with Content-Length to each request
+/// and reports how long its write took, from the response header to the last byte accepted
+/// by the socket.
+async fn start_large_body_backend() -> (String, mpsc::UnboundedReceiver<Duration>) {
+    const BODY: usize = SLOW_READER_BODY;
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let address = listener.local_addr().expect("address").to_string();
+    let (sender, receiver) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let sender = sender.clone();
+            tokio::spawn(async move {
+                let mut buffer = [0u8; 4096];
+                let _ = stream.read(&mut buffer).await;
+                let started = Instant::now();
+                let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {BODY}\r\n\r\n");
+                let body = vec![b'x'; BODY];
+                if stream.write_all(head.as_bytes()).await.is_ok()
+                    && stream.write_all(&body).await.is_ok()
+                {
+                    let _ = sender.send(started.elapsed());
+                }
+                // Keep the connection open like a keep-alive server would.
+                let _ = stream.read(&mut buffer).await;
+            });
+        }
+    });
+    (address, receiver)
+}
+
+/// Sends one request for the large body, reads 40 KiB of it at 10 KiB/s, and returns how
+/// long the backend's write took if it finished during that slow read.
+async fn backend_busy_under_slow_reader(buffer_response: Option<&str>) -> Option<Duration> {
+    let (backend, mut finished) = start_large_body_backend().await;
+    let mut yaml = config(&backend, "  upstream_read: 30s");
+    if let Some(size) = buffer_response {
+        yaml = yaml.replace(
+            "    upstream: backend\n",
+            &format!("    upstream: backend\n    buffer_response: {size}\n"),
+        );
+    }
+    let gateway = Gateway::start(&yaml).await;
+    let mut stream = tokio::net::TcpStream::connect(gateway.listen_addr())
+        .await
+        .expect("connect");
+    let request = format!("GET /api/big HTTP/1.1\r\nHost: {DEFAULT_HOST}\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.expect("send");
+
+    // 10 KiB every second for 4 seconds: a client reading at 10 KiB/s.
+    let mut received = 0;
+    let mut chunk = vec![0u8; 10 * 1024];
+    let mut ticker = tokio::time::interval(Duration::from_secs(1));
+    for _ in 0..4 {
+        ticker.tick().await;
+        let count = stream.read(&mut chunk).await.expect("read");
+        received += count;
+    }
+    let busy = finished.try_recv().ok();
+
+    // Read the rest at full speed and check the whole body arrived.
+    let mut rest = Vec::new();
+    let head_and_body = SLOW_READER_BODY + 38;
+    while received + rest.len() < head_and_body {
+        let count = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut chunk))
+            .await
+            .expect("the rest of the body within 10 s")
+            .expect("read");
+        if count == 0 {
+            break;
+        }
+        rest.extend_from_slice(&chunk[..count]);
+    }
+    assert!(
+        received + rest.len() >= SLOW_READER_BODY,
+        "the whole body arrived ({} bytes with the header)",
+        received + rest.len()
+    );
+    busy
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn buffered_response_frees_backend() {
+    let busy = backend_busy_under_slow_reader(Some("32MiB")).await;
+    eprintln!("backend write time with buffer_response 32MiB: {busy:?}");
+    let busy = busy.expect("the backend finished writing while the client read slowly");
+    assert!(
+        busy < Duration::from_secs(1),
+        "with buffer_response the backend's 16 MiB write took {busy:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unbuffered_response_holds_backend() {
+    let busy = backend_busy_under_slow_reader(None).await;
+    eprintln!("backend write time without buffer_response: {busy:?}");
+    assert_eq!(
+        busy, None,
+        "without buffer_response the backend is still writing after 4 s of a 10 KiB/s reader"
     );
 }

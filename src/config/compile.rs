@@ -121,6 +121,8 @@ pub struct Route {
     pub response_headers: HeaderOps,
     pub timeouts: Timeouts,
     pub rate_limit: Option<RouteRateLimit>,
+    /// Bytes of a response body held in memory before any of it is sent to the client.
+    pub buffer_response: Option<usize>,
     /// Requests in flight on this route, capped by `max_concurrent_requests`.
     pub in_flight: Arc<InFlightCounter>,
 }

@@ -196,6 +196,10 @@ pub struct RouteFile {
     pub timeouts: Option<TimeoutsFile>,
     #[serde(default)]
     pub respond: Option<RespondFile>,
+    /// Hold up to this much of a response body in memory, so that the upstream is released
+    /// before a slow client has read it.
+    #[serde(default)]
+    pub buffer_response: Option<SizeValue>,
 }
 
 #[derive(Debug, Default, Deserialize)]

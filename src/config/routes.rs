@@ -157,6 +157,9 @@ fn compile_match(c: &mut Checker, path: &str, m: &MatchFile) -> RouteMatcher {
     }
 }
 
+/// Upper bound of `buffer_response`: each request in flight on the route may hold this much.
+const MAX_RESPONSE_BUFFER: u64 = 64 << 20;
+
 pub(super) fn compile_route(
     c: &mut Checker,
     index: usize,
@@ -352,6 +355,21 @@ pub(super) fn compile_route(
             "invalid max_concurrent_requests \"0\": must be at least 1",
         );
     }
+    let buffer_response = file.buffer_response.and_then(|size| {
+        let path = format!("{path}.buffer_response");
+        if file.respond.is_some() {
+            c.error_at_key(path, "buffer_response applies to proxied routes only");
+            None
+        } else if size.0 == 0 || size.0 > MAX_RESPONSE_BUFFER {
+            c.error(
+                path,
+                format!("invalid size \"{}B\": must be from 1B to 64MiB", size.0),
+            );
+            None
+        } else {
+            Some(size.0 as usize)
+        }
+    });
     let in_flight = Arc::new(InFlightCounter::new(
         file.max_concurrent_requests,
         crate::metrics::metrics()
@@ -381,6 +399,7 @@ pub(super) fn compile_route(
         response_headers,
         timeouts,
         rate_limit,
+        buffer_response,
         in_flight,
     }
 }

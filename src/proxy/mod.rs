@@ -407,7 +407,43 @@ impl ProxyHttp for Gateway {
             .into_up());
         }
         crate::headers::remove_response_hop_by_hop(upstream_response);
+        if !upstream_response.status.is_informational() {
+            ctx.response_buffer = ctx
+                .route
+                .as_ref()
+                .and_then(|route| route.buffer_response)
+                .map(|_| bytes::BytesMut::new());
+        }
         Ok(())
+    }
+
+    /// Holds the response body back while it fits the route's `buffer_response`, so the
+    /// upstream is read to its end, and its connection freed, at the upstream's pace rather
+    /// than the client's. A body that outgrows the buffer is sent on as it arrives.
+    fn upstream_response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<bytes::Bytes>,
+        end_of_stream: bool,
+        ctx: &mut Self::CTX,
+    ) -> Result<Option<Duration>> {
+        let Some(limit) = ctx.route.as_ref().and_then(|route| route.buffer_response) else {
+            return Ok(None);
+        };
+        if let Some(buffer) = ctx.response_buffer.as_mut() {
+            if let Some(chunk) = body.take() {
+                buffer.extend_from_slice(&chunk);
+            }
+            if end_of_stream || buffer.len() > limit {
+                // Send what was held: all of it at the end, or everything so far once the
+                // body no longer fits, after which the rest streams.
+                let held = ctx.response_buffer.take().unwrap_or_default();
+                if !held.is_empty() {
+                    *body = Some(held.freeze());
+                }
+            }
+        }
+        Ok(None)
     }
 
     /// Applies the route's response header operations, returns the request id, and fixes the
