@@ -205,6 +205,19 @@ pub fn main() -> ExitCode {
             headers,
         }) => route(&cli, method, url, headers),
         None => {
+            // Until the reload service installs its SIGHUP handler, a SIGHUP would end the
+            // process with the default action; ignore it in that window instead.
+            // SAFETY: setting a signal's disposition to SIG_IGN has no memory-safety
+            // requirements, and no other thread exists yet.
+            unsafe {
+                libc::signal(libc::SIGHUP, libc::SIG_IGN);
+            }
+            // The daemon changes its working directory to "/", so a relative config path must
+            // be resolved now for reloads to find the file.
+            let cli = Cli {
+                config: std::fs::canonicalize(&cli.config).unwrap_or(cli.config.clone()),
+                ..cli
+            };
             let config = match load_or_report(&cli) {
                 Ok(config) => config,
                 Err(code) => return code,

@@ -6,9 +6,9 @@
 //!
 //! NOTE: a reload builds every route anew, so rate-limit windows and in-flight counts start
 //! from zero, and connection pools are kept only because Pingora pools by target address.
-//! Listener addresses, the admin address, `server.threads` and `limits.max_connections` are
-//! read at start only; a reload that changes them logs a warning and they keep their old
-//! values until a restart.
+//! Listeners (addresses and TLS certificates), the admin address, `server.threads`,
+//! `server.grace_period` and `limits.max_connections` are read at start only; a reload that
+//! changes them logs a warning and they keep their old values until a restart.
 
 use crate::config::{load_file, RuntimeConfig};
 use crate::metrics::metrics;
@@ -27,17 +27,21 @@ pub struct ReloadService {
 /// Names the settings that differ between two configs but only take effect at start.
 fn settings_needing_restart(old: &RuntimeConfig, new: &RuntimeConfig) -> Vec<&'static str> {
     let mut changed = Vec::new();
-    let old_listeners: Vec<_> = old
-        .listeners
-        .iter()
-        .map(|l| (l.addr, l.tls.is_some()))
-        .collect();
-    let new_listeners: Vec<_> = new
-        .listeners
-        .iter()
-        .map(|l| (l.addr, l.tls.is_some()))
-        .collect();
-    if old_listeners != new_listeners {
+    // Listener addresses and certificate paths. A certificate file rewritten in place under
+    // the same path is not detected.
+    let describe = |config: &RuntimeConfig| -> Vec<_> {
+        config
+            .listeners
+            .iter()
+            .map(|l| {
+                (
+                    l.addr,
+                    l.tls.as_ref().map(|t| (t.cert.clone(), t.key.clone())),
+                )
+            })
+            .collect()
+    };
+    if describe(old) != describe(new) {
         changed.push("listen");
     }
     if old.admin != new.admin {
@@ -48,6 +52,9 @@ fn settings_needing_restart(old: &RuntimeConfig, new: &RuntimeConfig) -> Vec<&'s
     }
     if old.max_connections != new.max_connections {
         changed.push("limits.max_connections");
+    }
+    if old.grace_period != new.grace_period {
+        changed.push("server.grace_period");
     }
     changed
 }

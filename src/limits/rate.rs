@@ -13,6 +13,9 @@
 //! - Across a window edge, a client can send `requests` at the end of one window and
 //!   `requests` again at the start of the next: up to twice the limit within a span shorter
 //!   than `per`. Averaged over any two whole windows, it gets at most the limit per window.
+//! - NOTE: the sketch has a fixed size, so a client that sends many distinct keys in one
+//!   window (many `header:` values, or many IPv6 source addresses) raises every counter and
+//!   gets other keys rejected early for the rest of that window; see docs/limits.md.
 //! - The sketch can over-count a key whose counters are shared with other keys in every row,
 //!   so such a key can be rejected early (never admitted late). Its over-count is the smallest,
 //!   over the rows, of the other keys' requests in its counter. With K keys active in a window,
@@ -158,13 +161,18 @@ impl RateLimiter {
     }
 
     fn wait_ready(&self, index: u64) {
-        // Clearing two slots takes microseconds; the bound only guards against a clearing
-        // thread that was descheduled, after which counting goes on without waiting.
-        for _ in 0..100_000 {
-            if self.ready_for.load(Ordering::Acquire) >= index {
-                return;
+        // Clearing two slots takes microseconds in a release build (more in a debug build, or
+        // when the clearing thread is descheduled). Counting before it finishes would let the
+        // clearing wipe this count, so wait for it: spin briefly, then yield the thread.
+        // This happens only on the first requests of a window after an idle gap.
+        let mut spins = 0u32;
+        while self.ready_for.load(Ordering::Acquire) < index {
+            if spins < 1_000 {
+                spins += 1;
+                std::hint::spin_loop();
+            } else {
+                std::thread::yield_now();
             }
-            std::hint::spin_loop();
         }
     }
 }

@@ -231,12 +231,16 @@ impl ProxyHttp for Gateway {
                     response.append_header(name.clone(), value.clone())?;
                 }
                 route.response_headers.apply_to_response(&mut response);
+                // A direct response ignores the request body. Reading it to the end to keep the
+                // connection would let a client stream an unbounded chunked body, so a request
+                // with a body gets its connection closed instead.
+                let close = !session.is_body_empty();
                 write_generated_response(
                     session,
                     response,
                     direct.body.clone(),
                     ctx.request_id.as_ref(),
-                    false,
+                    close,
                 )
                 .await?;
                 Ok(true)
