@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Measures how slow clients affect normal traffic through gatehouse, NGINX and HAProxy, side
-# by side in one run: 500 slowloris connections and 500 slow readers held open while wrk runs
-# a normal keep-alive load. Each proxy runs on CPU 0 with one worker thread or process and
+# by side in one run: 500 slowloris connections and 500 slow readers (slowhttptest) held open
+# while wrk runs a normal keep-alive load. Each proxy runs on CPU 0 with one worker thread or process and
 # equivalent timeouts (header 10 s, body and send 30 s, keep-alive 60 s, upstream read 30 s);
 # the backend, wrk and the slow clients share CPU 1. Reports p50, p99 and requests per second
 # of the normal load, with and without slow clients, and the p99 ratio.
 #
 # Usage: bench/slow_clients.sh [ROUNDS] [SECONDS_PER_RUN]
-# Needs root for apt-get the first time (wrk, nginx, haproxy). Sends traffic to 127.0.0.1 only.
+# Needs root for apt-get the first time (wrk, nginx, haproxy, slowhttptest). Sends traffic to
+# 127.0.0.1 only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,9 +23,13 @@ cleanup() {
 }
 trap cleanup EXIT
 
-if ! command -v wrk >/dev/null || ! command -v nginx >/dev/null || ! command -v haproxy >/dev/null; then
-  apt-get update -qq && apt-get install -y -qq wrk nginx-light haproxy >/dev/null
+if ! command -v wrk >/dev/null || ! command -v nginx >/dev/null || ! command -v haproxy >/dev/null \
+  || ! command -v slowhttptest >/dev/null; then
+  apt-get update -qq && apt-get install -y -qq wrk nginx-light haproxy slowhttptest >/dev/null
 fi
+# The slow clients come from slowhttptest (C++, one process per kind), or with
+# SLOW_CLIENTS=python from bench/slow_clients.py, which costs more CPU on the load core.
+slow_clients=${SLOW_CLIENTS:-slowhttptest}
 .ci/prereqs
 cargo build --release --quiet
 
@@ -168,13 +173,25 @@ for round in $(seq 1 "$rounds"); do
     printf '%-6s %-10s %-6s %9s %9s %10s\n' "$round" "$proxy" no "$p50" "$p99" "$rps"
     p99_sum[$proxy-no]=$(awk -v a="${p99_sum[$proxy-no]:-0}" -v b="$p99" 'BEGIN { print a + b }')
 
-    taskset -c "$other_cpu" python3 bench/slow_clients.py 127.0.0.1 "$port" 500 500 $((seconds + 8)) \
-      > "$work/slow.out" &
-    slow_pid=$!
+    slow_pids=()
+    if [ "$slow_clients" = python ]; then
+      taskset -c "$other_cpu" python3 bench/slow_clients.py 127.0.0.1 "$port" 500 500 $((seconds + 8)) \
+        > "$work/slow.out" &
+      slow_pids+=($!)
+    else
+      # 500 slowloris connections sending a header line every second, and 500 slow readers
+      # reading 32 bytes a second of /big through a small receive window.
+      taskset -c "$other_cpu" slowhttptest -H -c 500 -r 500 -i 1 -l $((seconds + 8)) \
+        -u "http://127.0.0.1:$port/small" -p 30 > "$work/slow.out" 2>&1 &
+      slow_pids+=($!)
+      taskset -c "$other_cpu" slowhttptest -X -c 500 -r 500 -n 1 -z 32 -w 512 -y 1024 -l $((seconds + 8)) \
+        -u "http://127.0.0.1:$port/big" -p 30 > "$work/slow_read.out" 2>&1 &
+      slow_pids+=($!)
+    fi
     sleep 5  # let the slow clients connect before measuring
     read -r p50 p99 rps < <(normal_load "$port")
-    wait "$slow_pid" || true
-    printf '%-6s %-10s %-6s %9s %9s %10s   (%s)\n' "$round" "$proxy" yes "$p50" "$p99" "$rps" "$(cat "$work/slow.out")"
+    wait "${slow_pids[@]}" || true
+    printf '%-6s %-10s %-6s %9s %9s %10s\n' "$round" "$proxy" yes "$p50" "$p99" "$rps"
     p99_sum[$proxy-yes]=$(awk -v a="${p99_sum[$proxy-yes]:-0}" -v b="$p99" 'BEGIN { print a + b }')
   done
 done
