@@ -1,5 +1,5 @@
 -- wrk script: each request carries one of 1,000 client keys in X-Client, in rotation, so a
--- rate limit keyed on that header sees 1,000 distinct keys.
+-- rate limit keyed on that header counts 1,000 distinct keys.
 local counter = 0
 
 request = function()

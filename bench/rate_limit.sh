@@ -49,8 +49,8 @@ http {
   }
 }
 CONF
-# gatehouse gets CPU 0 to itself; the backend and the load generator share CPU 1, so their
-# contention does not change how much CPU gatehouse spends per request.
+# gatehouse gets CPU 0 to itself, and the backend and the load generator share CPU 1. So
+# their contention does not change how much CPU gatehouse spends per request.
 nginx_cpu=1
 gatehouse_cpu=0
 taskset -c "$nginx_cpu" nginx -c "$work/nginx/nginx.conf" -p "$work/nginx" -g 'daemon off;' &

@@ -15,7 +15,7 @@ use std::time::Duration;
 ///
 /// Pingora binds a service's listeners inside the service task and reports nothing when they
 /// are bound, so until the gateway has been seen ready, each `/readyz` request connects to
-/// every listener to find out. After that the answer is a flag.
+/// every listener to find out. After that the check reads a flag.
 pub struct Readiness {
     ready: AtomicBool,
     listeners: Vec<SocketAddr>,

@@ -1,5 +1,5 @@
 //! Finding the route for a request and the target to forward, shared by the proxy and the
-//! `gatehouse route` command so that both give the same answer.
+//! `gatehouse route` command so that both reach the same result.
 
 use crate::config::{Route, RouteAction, RuntimeConfig};
 use crate::path::{normalize, split_query, strip_segment_prefix, PathError};

@@ -60,7 +60,7 @@ pub fn error_body(status: StatusCode) -> Bytes {
     Bytes::from(format!("{} {reason}\n", status.as_u16()))
 }
 
-/// Writes a complete response the gateway generated. `close` asks Pingora to close the client
+/// Writes a complete response the gateway generated. `close` makes Pingora close the client
 /// connection afterwards, which is what a failed proxy attempt needs; the request body left
 /// unread would otherwise be read as the next request.
 pub async fn write_generated_response(

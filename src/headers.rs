@@ -35,10 +35,6 @@ pub fn is_hop_by_hop(name: &HeaderName) -> bool {
 }
 
 impl HeaderOps {
-    pub fn is_empty(&self) -> bool {
-        self.set.is_empty() && self.add.is_empty() && self.remove.is_empty()
-    }
-
     /// Applies remove, then set, then add. Pingora's header types keep the original name
     /// casing, which is why this goes through their methods.
     pub fn apply_to_request(&self, request: &mut RequestHeader) {
@@ -46,7 +42,8 @@ impl HeaderOps {
             request.remove_header(name);
         }
         for (name, value) in &self.set {
-            // Names and values were validated at load, so these calls cannot fail.
+            // Names and values are typed and were validated at load; an error would drop
+            // only this header.
             let _ = request.insert_header(name.clone(), value.clone());
         }
         for (name, value) in &self.add {

@@ -1,6 +1,6 @@
 //! gatehouse: an API gateway on Cloudflare's Pingora.
 //!
-//! A request passes through the modules in this order: [`proxy`] (the Pingora hooks) asks
+//! A request passes through the modules in this order: [`proxy`] (the Pingora hooks) calls
 //! [`dispatch`] for a route ([`path`] normalization, [`routing`] matchers), [`upstream`] picks a
 //! target, [`headers`] rewrites the request and response, [`errors`] answers failures, and
 //! [`access_log`] records metrics and the log line. [`config`] builds everything they read.

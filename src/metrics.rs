@@ -194,7 +194,7 @@ impl Metrics {
     pub fn render(&self) -> Vec<u8> {
         let mut buffer = Vec::with_capacity(16 * 1024);
         let encoder = TextEncoder::new();
-        // Encoding into a Vec cannot fail on I/O; a failure here would be a bug in a metric.
+        // A Vec has no I/O to fail, so an error here means an invalid metric; it is logged.
         if let Err(e) = encoder.encode(&self.registry.gather(), &mut buffer) {
             tracing::error!(error = %e, "failed to encode metrics");
         }

@@ -7,8 +7,8 @@
 //! NOTE: a reload builds every route anew, so rate-limit windows and in-flight counts start
 //! from zero, and connection pools are kept only because Pingora pools by target address.
 //! Listeners (addresses and TLS certificates), the admin address, `server.threads`,
-//! `server.grace_period` and `limits.max_connections` are read at start only; a reload that
-//! changes them logs a warning and they keep their old values until a restart.
+//! `server.grace_period` and `limits.max_connections` are read at start only. A reload that
+//! changes them logs a warning, and they keep their old values until a restart.
 
 use crate::config::{load_file, RuntimeConfig};
 use crate::metrics::metrics;

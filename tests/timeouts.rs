@@ -576,7 +576,7 @@ async fn many_stalled_requests_all_504() {
 
 /// Size of the response in the slow-reader tests. Loopback socket buffers absorb a few MiB
 /// (a 1 MiB response leaves the backend in about 1 ms even for a client that reads nothing),
-/// so the body must be larger than them to show whether a slow client holds the backend.
+/// so the body must be larger than them to show whether a slow client keeps the backend busy.
 const SLOW_READER_BODY: usize = 16 * 1024 * 1024;
 
 /// Starts a backend that sends a `SLOW_READER_BODY` body with Content-Length to each request

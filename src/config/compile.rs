@@ -127,7 +127,7 @@ pub struct Route {
     pub in_flight: Arc<InFlightCounter>,
 }
 
-/// What a rate limit counts requests by.
+/// Key by which a rate limit counts requests.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RateLimitKey {
     ClientIp,

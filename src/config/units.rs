@@ -119,7 +119,7 @@ impl de::Visitor<'_> for StrVisitor {
     }
 
     // A bare YAML number (`connect: 5`) arrives as an integer; turn it into text so the error
-    // says what unit is missing instead of "invalid type".
+    // names the missing unit instead of "invalid type".
     fn visit_u64<E: de::Error>(self, v: u64) -> Result<String, E> {
         Ok(v.to_string())
     }

@@ -3,14 +3,16 @@
 //!
 //! Pingora bounds each read of a request header, not the header as a whole, so a client that
 //! sends one byte just under every read timeout (slowloris) would hold its connection for as
-//! long as it likes. The client stream wrapper ([`super::connections::CountedStream`]) carries
-//! a [`HeaderDeadline`]: on a new connection it is armed at once; on a kept-alive connection it
-//! is armed when the first byte of the next request arrives (the wait before that byte is
-//! `downstream_idle`). The proxy marks the header complete in `early_request_filter`, which
-//! disarms it, and marks the request finished in `logging`, which makes the next byte re-arm
-//! it. A config reload does not change the timeout of connections already open. When it
-//! expires first, the stream writes a `408 Request Timeout` if it can do so without waiting,
-//! and fails the read, which makes Pingora close the connection.
+//! long as it likes. So the client stream wrapper ([`super::connections::CountedStream`])
+//! carries a [`HeaderDeadline`]. On a new connection it is armed at once. On a kept-alive
+//! connection it is armed when the first byte of the next request arrives, because the wait
+//! before that byte is `downstream_idle`. The proxy marks the header complete in
+//! `early_request_filter`, which disarms the deadline, and marks the request finished in
+//! `logging`, which makes the next byte re-arm it.
+//!
+//! When the header deadline expires, the stream writes a `408 Request Timeout` if it can do so
+//! without waiting, and fails the read, which makes Pingora close the connection. A config
+//! reload does not change the timeout of connections already open.
 //!
 //! HTTP/2 connections are not covered: their streams are multiplexed, and h2 frames its own
 //! headers.
@@ -49,7 +51,7 @@ pub struct StreamControl {
     request_deadline_fired: AtomicBool,
 }
 
-/// The process-wide origin of the deadlines stored as integers.
+/// Returns the process-wide origin of the deadlines stored as integers.
 fn clock_origin() -> Instant {
     static ORIGIN: OnceLock<Instant> = OnceLock::new();
     *ORIGIN.get_or_init(Instant::now)
@@ -161,7 +163,7 @@ impl std::fmt::Debug for HeaderDeadline {
 }
 
 impl HeaderDeadline {
-    /// A deadline armed now, for the first request of a new connection.
+    /// Creates a deadline armed now, for the first request of a new connection.
     pub fn armed(timeout: Duration) -> Self {
         HeaderDeadline {
             timeout,
@@ -170,7 +172,7 @@ impl HeaderDeadline {
         }
     }
 
-    /// A deadline that never fires, for HTTP/2 connections.
+    /// Creates a deadline that never fires, for HTTP/2 connections.
     pub fn off() -> Self {
         HeaderDeadline {
             timeout: Duration::ZERO,

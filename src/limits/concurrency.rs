@@ -27,16 +27,12 @@ impl InFlightCounter {
         }
     }
 
-    pub fn max(&self) -> Option<u64> {
-        self.max
-    }
-
     pub fn current(&self) -> u64 {
         self.current.load(Ordering::Relaxed)
     }
 
     /// Counts a request in, or returns None when the cap is reached. The increment and the
-    /// check are one atomic step, so the cap holds across all worker threads.
+    /// check are one atomic step, so the cap applies across all worker threads.
     pub fn try_acquire(self: &Arc<Self>) -> Option<InFlightPermit> {
         let max = self.max.unwrap_or(u64::MAX);
         self.current

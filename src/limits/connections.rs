@@ -4,7 +4,7 @@
 //! Pingora has no hook for a connection's end, so the proxy app is wrapped: a new connection
 //! is admitted or closed at once, before any request is read, and its stream is wrapped in
 //! [`CountedStream`], whose drop releases the count. Pingora serves the kept-alive requests of
-//! an HTTP/1 connection within one call of the app; a stream that comes back wrapped anyway
+//! an HTTP/1 connection within one call of the app. A stream that comes back wrapped anyway
 //! is passed through as it is.
 //!
 //! NOTE: on a TLS listener the check runs after the TLS handshake, because Pingora performs
@@ -76,7 +76,7 @@ impl Drop for ConnectionSlot {
     }
 }
 
-/// A downstream stream that holds its connection's slot and its client-side deadlines.
+/// A downstream stream with its connection's slot and its client-side deadlines.
 #[derive(Debug)]
 pub struct CountedStream {
     inner: Stream,

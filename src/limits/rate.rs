@@ -9,7 +9,7 @@
 //! Error bounds:
 //! - Within one window, a key is never admitted more than `requests` times. The sketch never
 //!   under-counts, and increments of one key are serialized by a striped lock, so each request
-//!   of a key sees a distinct, increasing count.
+//!   of a key gets a distinct, increasing count.
 //! - Across a window edge, a client can send `requests` at the end of one window and
 //!   `requests` again at the start of the next: up to twice the limit within a span shorter
 //!   than `per`. Averaged over any two whole windows, it gets at most the limit per window.
@@ -92,14 +92,6 @@ impl RateLimiter {
         }
     }
 
-    pub fn limit(&self) -> u64 {
-        self.limit
-    }
-
-    pub fn window(&self) -> Duration {
-        self.window
-    }
-
     /// Counts a request of `key` and decides whether it is admitted.
     pub fn check<K: Hash + ?Sized>(&self, key: &K) -> RateDecision {
         self.check_at(key, self.origin.elapsed())
@@ -132,10 +124,10 @@ impl RateLimiter {
 
     /// Makes sure the slots of window `index` and of the next window are cleared.
     ///
-    /// Normally the first request of a window clears the next window's slot, which nobody
+    /// Normally the first request of a window clears the next window's slot, which no request
     /// uses yet. After an idle gap the current window's slot may still hold counts from three
     /// windows ago; it is cleared then too, and requests of this window wait for that to
-    /// finish (a few microseconds) so that none of their counts is wiped.
+    /// finish (microseconds in a release build) so that none of their counts is wiped.
     fn prepare(&self, index: u64) {
         let cleared = self.cleared_for.load(Ordering::Acquire);
         if cleared > index {

@@ -249,8 +249,8 @@ impl ProxyHttp for Gateway {
     }
 
     /// Counts the request body against `limits.max_request_body`. A body sent without
-    /// `Content-Length` (chunked) is only known to be too large once that much has arrived;
-    /// the request then fails with 413 if no response has been sent yet.
+    /// `Content-Length` (chunked) is only known to be too large once that much has arrived.
+    /// The request then fails with 413 if no response has been sent yet.
     async fn request_body_filter(
         &self,
         _session: &mut Session,
