@@ -11,7 +11,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Readiness of the gateway: ready once every proxy listener accepts connections.
+/// Readiness of the gateway: ready once every proxy listener accepts connections and SIGHUP
+/// reloads are handled.
 ///
 /// Pingora binds a service's listeners inside the service task and reports nothing when they
 /// are bound, so until the gateway has been seen ready, each `/readyz` request connects to
@@ -19,6 +20,8 @@ use std::time::Duration;
 pub struct Readiness {
     ready: AtomicBool,
     listeners: Vec<SocketAddr>,
+    /// Set by the reload service once SIGHUP is handled; before that a SIGHUP is ignored.
+    pub reload_handler_installed: AtomicBool,
 }
 
 /// Returns an address to connect to for a listener: a wildcard address is reached on
@@ -37,6 +40,7 @@ impl Readiness {
         Readiness {
             ready: AtomicBool::new(false),
             listeners: listeners.into_iter().map(connectable).collect(),
+            reload_handler_installed: AtomicBool::new(false),
         }
     }
 
@@ -48,6 +52,9 @@ impl Readiness {
     pub async fn check(&self) -> bool {
         if self.ready.load(Ordering::Acquire) {
             return true;
+        }
+        if !self.reload_handler_installed.load(Ordering::Acquire) {
+            return false;
         }
         for addr in &self.listeners {
             let probe = tokio::time::timeout(PROBE_TIMEOUT, tokio::net::TcpStream::connect(addr));

@@ -22,6 +22,9 @@ use std::sync::Arc;
 pub struct ReloadService {
     pub path: PathBuf,
     pub config: Arc<ArcSwap<RuntimeConfig>>,
+    /// Readiness waits for the SIGHUP handler, so a reload signalled after `/readyz` says
+    /// ready is never ignored.
+    pub readiness: Arc<crate::admin::Readiness>,
 }
 
 /// Names the settings that differ between two configs but only take effect at start.
@@ -102,9 +105,15 @@ impl BackgroundService for ReloadService {
             Ok(signal) => signal,
             Err(e) => {
                 tracing::error!(error = %e, "cannot listen for SIGHUP; reload by signal is off");
+                self.readiness
+                    .reload_handler_installed
+                    .store(true, std::sync::atomic::Ordering::Release);
                 return;
             }
         };
+        self.readiness
+            .reload_handler_installed
+            .store(true, std::sync::atomic::Ordering::Release);
         loop {
             tokio::select! {
                 _ = hangup.recv() => {

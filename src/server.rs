@@ -143,6 +143,7 @@ pub fn run(config: RuntimeConfig, options: ProcessOptions) {
     let reload = ReloadService {
         path: options.config_path.clone(),
         config: shared_for_reload,
+        readiness: readiness.clone(),
     };
     server.add_service(background_service("config reload", reload));
     // Export both reload counters from the start, at 0, so dashboards and alerts can rely on
