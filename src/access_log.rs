@@ -8,18 +8,19 @@
 use crate::context::RequestContext;
 use crate::errors::CLIENT_CLOSED_REQUEST;
 use crate::metrics::{code_label, method_label, metrics};
+use arc_swap::ArcSwapOption;
 use pingora_error::Error;
 use pingora_proxy::Session;
 use serde::Serialize;
 use std::io::Write;
-use std::sync::OnceLock;
+use std::sync::Arc;
 use tracing_appender::non_blocking::NonBlocking;
 
-static WRITER: OnceLock<NonBlocking> = OnceLock::new();
+static WRITER: ArcSwapOption<NonBlocking> = ArcSwapOption::const_empty();
 
 /// Sets where access log lines go. Until it is called, no lines are written.
 pub fn set_writer(writer: NonBlocking) {
-    let _ = WRITER.set(writer);
+    WRITER.store(Some(Arc::new(writer)));
 }
 
 /// One access log line.
@@ -92,7 +93,8 @@ pub fn record(session: &Session, error: Option<&Error>, ctx: &RequestContext) {
         (Some(upstream), Some(index)) => Some(upstream.targets[index].text.as_str()),
         _ => None,
     };
-    let Some(writer) = WRITER.get() else {
+    let writer = WRITER.load();
+    let Some(writer) = writer.as_ref() else {
         return;
     };
     let record = AccessRecord {
@@ -116,6 +118,6 @@ pub fn record(session: &Session, error: Option<&Error>, ctx: &RequestContext) {
         line.push(b'\n');
         // NonBlocking queues each write call as one message, so a line is never split. A
         // failed write (the writer thread is gone at exit) loses only this line.
-        let _ = writer.clone().write_all(&line);
+        let _ = NonBlocking::clone(writer).write_all(&line);
     }
 }

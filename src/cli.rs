@@ -213,16 +213,17 @@ pub fn main() -> ExitCode {
                 libc::signal(libc::SIGHUP, libc::SIG_IGN);
             }
             // The daemon changes its working directory to "/", so a relative config path must
-            // be resolved now for reloads to find the file.
+            // be made absolute now for reloads to find the file. Symbolic links are kept, so a
+            // reload follows a link that was switched to a new file.
             let cli = Cli {
-                config: std::fs::canonicalize(&cli.config).unwrap_or(cli.config.clone()),
+                config: std::path::absolute(&cli.config).unwrap_or(cli.config.clone()),
                 ..cli
             };
             let config = match load_or_report(&cli) {
                 Ok(config) => config,
                 Err(code) => return code,
             };
-            let log_guards = crate::logging::init();
+            crate::logging::init();
             let options = ProcessOptions {
                 upgrade: cli.upgrade,
                 daemon: cli.daemon,
@@ -231,8 +232,7 @@ pub fn main() -> ExitCode {
                 config_path: cli.config.clone(),
             };
             crate::server::run(config, options);
-            // Dropping the guards here flushes the last access log and server log lines.
-            drop(log_guards);
+            crate::logging::flush();
             ExitCode::SUCCESS
         }
     }

@@ -1,40 +1,86 @@
 //! Log setup: server logs as text on standard error through `tracing` (Pingora's `log`
 //! records are bridged into it), and the access log's writer on standard output.
+//!
+//! Both go through writer threads, so no worker thread blocks on the terminal or a pipe. The
+//! threads can be started again in a forked daemon, which inherits none of them.
 
-use tracing_appender::non_blocking::WorkerGuard;
+use arc_swap::ArcSwapOption;
+use std::sync::{Arc, Mutex};
+use tracing_appender::non_blocking::{NonBlocking, NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::filter::EnvFilter;
+use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::Layer;
 
-/// Installs the global subscriber. The returned guards flush the writer threads when dropped,
-/// so keep them alive for the life of the process.
+/// Queue length of each writer. When a slow reader of standard output or standard error lets
+/// a queue fill, further lines are dropped.
+const BUFFERED_LINES: usize = 100_000;
+
+static SERVER_WRITER: ArcSwapOption<NonBlocking> = ArcSwapOption::const_empty();
+
+/// Guards of the running writer threads; dropping one flushes its queue and stops the thread.
+static GUARDS: Mutex<Vec<WorkerGuard>> = Mutex::new(Vec::new());
+
+/// The server log's writer, looked up per event so that it can be replaced after a fork.
+struct ServerWriter;
+
+impl<'a> MakeWriter<'a> for ServerWriter {
+    type Writer = Box<dyn std::io::Write + 'a>;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        match SERVER_WRITER.load_full() {
+            Some(writer) => Box::new(NonBlocking::clone(&writer)),
+            None => Box::new(std::io::sink()),
+        }
+    }
+}
+
+fn start_writers() {
+    let (access_writer, access_guard) = NonBlockingBuilder::default()
+        .buffered_lines_limit(BUFFERED_LINES)
+        .lossy(true)
+        .finish(std::io::stdout());
+    let (server_writer, server_guard) = NonBlockingBuilder::default()
+        .buffered_lines_limit(BUFFERED_LINES)
+        .lossy(true)
+        .finish(std::io::stderr());
+    crate::access_log::set_writer(access_writer);
+    SERVER_WRITER.store(Some(Arc::new(server_writer)));
+    let mut guards = GUARDS
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    guards.push(access_guard);
+    guards.push(server_guard);
+}
+
+/// Starts the writer threads and installs the global subscriber. Call [`flush`] before the
+/// process exits.
 ///
 /// `RUST_LOG` sets the server log filter (default `info`); it does not affect the access log.
-/// Each writer queues up to 100,000 lines. When a slow reader of standard output or standard
-/// error lets the queue fill, further lines are dropped, so no worker thread blocks.
-pub fn init() -> Vec<WorkerGuard> {
-    let (access_writer, access_guard) =
-        tracing_appender::non_blocking::NonBlockingBuilder::default()
-            .buffered_lines_limit(100_000)
-            .lossy(true)
-            .finish(std::io::stdout());
-    let (server_writer, server_guard) =
-        tracing_appender::non_blocking::NonBlockingBuilder::default()
-            .buffered_lines_limit(100_000)
-            .lossy(true)
-            .finish(std::io::stderr());
-
-    crate::access_log::set_writer(access_writer);
-
+pub fn init() {
+    start_writers();
     let server_filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let server_layer = tracing_subscriber::fmt::layer()
-        .with_writer(server_writer)
+        .with_writer(ServerWriter)
         .with_ansi(false)
         .with_filter(server_filter);
-
     let _ = tracing_log::LogTracer::init();
     let _ = tracing_subscriber::registry().with(server_layer).try_init();
-    vec![access_guard, server_guard]
+}
+
+/// Starts new writer threads in a forked daemon, whose parent's threads did not survive the
+/// fork. Lines logged between the fork and this call are lost.
+pub fn restart_writers_after_fork() {
+    let inherited = std::mem::take(&mut *GUARDS.lock().unwrap_or_else(|p| p.into_inner()));
+    // Dropping these guards would wait for threads that do not exist in this process.
+    std::mem::forget(inherited);
+    start_writers();
+}
+
+/// Writes out every queued line and stops the writer threads. Later lines are dropped.
+pub fn flush() {
+    let guards = std::mem::take(&mut *GUARDS.lock().unwrap_or_else(|p| p.into_inner()));
+    drop(guards);
 }

@@ -23,6 +23,8 @@ pub struct Metrics {
     pub config_last_reload_success: Gauge,
     pub timeouts_total: IntCounterVec,
     pub client_disconnects_total: IntCounterVec,
+    pub upstream_target_healthy: IntGaugeVec,
+    pub health_checks_total: IntCounterVec,
 }
 
 fn register<T: prometheus::core::Collector + Clone + 'static>(registry: &Registry, metric: T) -> T {
@@ -115,6 +117,29 @@ impl Metrics {
                         "Requests rejected with 429 by a route's rate limit.",
                     ),
                     &["route"],
+                )
+                .expect("valid metric"),
+            ),
+            upstream_target_healthy: register(
+                &registry,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "gatehouse_upstream_target_healthy",
+                        "1 while a target receives traffic, 0 while its health check marks it \
+                         unhealthy.",
+                    ),
+                    &["upstream", "target"],
+                )
+                .expect("valid metric"),
+            ),
+            health_checks_total: register(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "gatehouse_health_checks_total",
+                        "Active health checks sent to upstream targets, by result.",
+                    ),
+                    &["upstream", "result"],
                 )
                 .expect("valid metric"),
             ),

@@ -1,16 +1,17 @@
-//! Config reload on SIGHUP.
+//! Config reload on SIGHUP, and on changes of the file when `reload.watch` is on.
 //!
 //! The new file is loaded and validated completely first; only a valid config replaces the
 //! running one, in one atomic swap. Requests already in flight keep the config they started
 //! with. A file that fails to load is logged with every problem found and changes nothing.
 //!
-//! NOTE: a reload builds every route anew, so rate-limit windows and in-flight counts start
-//! from zero, and connection pools are kept only because Pingora pools by target address.
+//! Live state carries over to the new config by name: see [`crate::config::compile`].
 //! Listeners (addresses and TLS certificates), the admin address, `server.threads`,
 //! `server.grace_period` and `limits.max_connections` are read at start only. A reload that
-//! changes them logs a warning, and they keep their old values until a restart.
+//! changes them logs a warning, and they keep their old values until a restart or a graceful
+//! upgrade.
 
-use crate::config::{load_file, RuntimeConfig};
+use crate::config::{load_file_inheriting, RuntimeConfig};
+use crate::file_watch::DirectoryWatch;
 use crate::metrics::metrics;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
@@ -18,6 +19,8 @@ use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::BackgroundService;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
 
 pub struct ReloadService {
     pub path: PathBuf,
@@ -25,6 +28,8 @@ pub struct ReloadService {
     /// Readiness waits for the SIGHUP handler, so a reload signalled after `/readyz` says
     /// ready is never ignored.
     pub readiness: Arc<crate::admin::Readiness>,
+    /// Incremented after every swap, for the services that follow the config.
+    pub changes: watch::Sender<u64>,
 }
 
 /// Names the settings that differ between two configs but only take effect at start.
@@ -66,9 +71,9 @@ impl ReloadService {
     /// Loads the config file and swaps it in if it is valid.
     pub fn reload(&self) -> bool {
         let m = metrics();
-        match load_file(&self.path) {
+        let old = self.config.load_full();
+        match load_file_inheriting(&self.path, Some(&old)) {
             Ok(new) => {
-                let old = self.config.load();
                 for setting in settings_needing_restart(&old, &new) {
                     tracing::warn!(
                         setting,
@@ -80,6 +85,7 @@ impl ReloadService {
                 }
                 let routes = new.routes.len();
                 self.config.store(Arc::new(new));
+                self.changes.send_modify(|generation| *generation += 1);
                 m.config_reloads_total.with_label_values(&["success"]).inc();
                 let now = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
@@ -102,25 +108,115 @@ impl BackgroundService for ReloadService {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         {
-            Ok(signal) => signal,
+            Ok(signal) => Some(signal),
             Err(e) => {
                 tracing::error!(error = %e, "cannot listen for SIGHUP; reload by signal is off");
-                self.readiness
-                    .reload_handler_installed
-                    .store(true, std::sync::atomic::Ordering::Release);
-                return;
+                None
             }
         };
         self.readiness
             .reload_handler_installed
             .store(true, std::sync::atomic::Ordering::Release);
+        let mut watcher = FileWatcher::new(self.path.clone());
         loop {
+            watcher.follow(self.config.load().watch);
             tokio::select! {
-                _ = hangup.recv() => {
+                Some(()) = async { hangup.as_mut()?.recv().await } => {
                     tracing::info!("SIGHUP received: reloading the config");
+                    self.reload();
+                    watcher.remember_content();
+                }
+                () = watcher.changed() => {
+                    tracing::info!(path = %self.path.display(), "config file changed: reloading");
                     self.reload();
                 }
                 _ = shutdown.changed() => break,
+            }
+        }
+    }
+}
+
+/// Watches the config file while `reload.watch` is on, and reports content changes once
+/// they have been quiet for the debounce time.
+struct FileWatcher {
+    path: PathBuf,
+    watch: Option<DirectoryWatch>,
+    debounce: Duration,
+    /// Hash of the content last loaded or rejected, so an unchanged file is not loaded again.
+    last_content: Option<u64>,
+}
+
+impl FileWatcher {
+    fn new(path: PathBuf) -> Self {
+        let mut watcher = FileWatcher {
+            path,
+            watch: None,
+            debounce: Duration::ZERO,
+            last_content: None,
+        };
+        watcher.remember_content();
+        watcher
+    }
+
+    fn content_hash(&self) -> Option<u64> {
+        use std::hash::{Hash, Hasher};
+        let content = std::fs::read(&self.path).ok()?;
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        content.hash(&mut hasher);
+        Some(hasher.finish())
+    }
+
+    /// Records the file's current content as handled.
+    fn remember_content(&mut self) {
+        self.last_content = self.content_hash();
+    }
+
+    /// Starts or stops watching to match the running config's `reload.watch`.
+    fn follow(&mut self, watch: Option<Duration>) {
+        match watch {
+            Some(debounce) => {
+                self.debounce = debounce;
+                if self.watch.is_none() {
+                    match DirectoryWatch::new(&self.path) {
+                        Ok(watch) => {
+                            tracing::info!(path = %self.path.display(), "watching the config file for changes");
+                            self.watch = Some(watch);
+                        }
+                        Err(e) => {
+                            tracing::error!(path = %self.path.display(), error = %e, "cannot watch the config file; reload with SIGHUP instead");
+                        }
+                    }
+                }
+            }
+            None => {
+                if self.watch.take().is_some() {
+                    tracing::info!(path = %self.path.display(), "stopped watching the config file");
+                }
+            }
+        }
+    }
+
+    /// Waits for a change of the file's content that has been quiet for the debounce time.
+    /// Never returns while the file is not watched.
+    async fn changed(&mut self) {
+        loop {
+            let Some(watch) = &self.watch else {
+                return std::future::pending().await;
+            };
+            if let Err(e) = watch.changed().await {
+                tracing::error!(error = %e, "config file watch failed; reload with SIGHUP instead");
+                self.watch = None;
+                continue;
+            }
+            // Wait until no event has arrived for the debounce time.
+            while matches!(
+                tokio::time::timeout(self.debounce, watch.changed()).await,
+                Ok(Ok(()))
+            ) {}
+            let content = self.content_hash();
+            if content.is_some() && content != self.last_content {
+                self.last_content = content;
+                return;
             }
         }
     }

@@ -1,8 +1,10 @@
 //! Process setup: the Pingora server, the proxy service with its listeners, and the admin
 //! service.
 
-use crate::admin::{AdminApp, Readiness};
+use crate::admin::{AdminApp, AdminService, Readiness};
 use crate::config::RuntimeConfig;
+use crate::health::HealthService;
+use crate::lifecycle::{DrainService, Lifecycle, Signals};
 use crate::limits::connections::{ConnectionLimitedApp, ConnectionTracker};
 use crate::proxy::Gateway;
 use crate::reload::ReloadService;
@@ -38,9 +40,11 @@ fn server_conf(config: &RuntimeConfig, options: &ProcessOptions) -> ServerConf {
     };
     // On SIGTERM Pingora stops accepting, lets in-flight requests run for
     // `grace_period_seconds`, then stops its runtimes, waiting at most
-    // `graceful_shutdown_timeout_seconds` for blocking work.
-    // NOTE: Pingora waits the whole grace period even when nothing is in flight.
-    conf.grace_period_seconds = Some(config.grace_period.as_secs().max(1));
+    // `graceful_shutdown_timeout_seconds` for blocking work. Pingora waits the whole grace
+    // period even when nothing is in flight, so `DrainService` ends the process earlier once
+    // every client connection has closed.
+    let grace_millis = u64::try_from(config.grace_period.as_millis()).unwrap_or(u64::MAX);
+    conf.grace_period_seconds = Some(grace_millis.div_ceil(1000).max(1));
     conf.graceful_shutdown_timeout_seconds = Some(5);
     // Pingora has one connection pool per process; give it room for every upstream's
     // `keepalive.max_idle`.
@@ -97,9 +101,15 @@ pub fn run(config: RuntimeConfig, options: ProcessOptions) {
 
     let listeners = config.listeners.clone();
     let admin_addr = config.admin;
-    let readiness = Arc::new(Readiness::new(listeners.iter().map(|l| l.addr).collect()));
+    let lifecycle = Arc::new(Lifecycle::default());
+    let readiness = Arc::new(Readiness::new(
+        listeners.iter().map(|l| l.addr).collect(),
+        lifecycle.clone(),
+    ));
+    let grace_period = config.grace_period;
     let shared = Arc::new(ArcSwap::from_pointee(config));
     let shared_for_reload = shared.clone();
+    let (changes, changes_receiver) = tokio::sync::watch::channel(0u64);
 
     let tracker = Arc::new(ConnectionTracker::new(shared.load().max_connections));
     let labels: Vec<(SocketAddr, String)> =
@@ -107,7 +117,7 @@ pub fn run(config: RuntimeConfig, options: ProcessOptions) {
     let app = ConnectionLimitedApp::new(
         pingora_proxy::http_proxy(&server.configuration, Gateway::new(shared.clone())),
         shared.clone(),
-        tracker,
+        tracker.clone(),
         &labels,
     );
     let mut proxy = Service::new("gatehouse proxy".to_owned(), app);
@@ -144,8 +154,20 @@ pub fn run(config: RuntimeConfig, options: ProcessOptions) {
         path: options.config_path.clone(),
         config: shared_for_reload,
         readiness: readiness.clone(),
+        changes,
     };
     server.add_service(background_service("config reload", reload));
+    let health = HealthService {
+        config: shared.clone(),
+        changes: changes_receiver,
+    };
+    server.add_service(background_service("health checks", health));
+    let drain = DrainService {
+        connections: tracker,
+        grace_period,
+        daemon: options.daemon,
+    };
+    server.add_service(background_service("drain", drain));
     // Export both reload counters from the start, at 0, so dashboards and alerts can rely on
     // them before the first reload.
     for result in ["success", "failure"] {
@@ -163,14 +185,19 @@ pub fn run(config: RuntimeConfig, options: ProcessOptions) {
         let app = AdminApp {
             readiness: readiness.clone(),
         };
-        let mut admin = Service::new("gatehouse admin".to_owned(), HttpServer::new_app(app));
-        admin.add_tcp(&addr.to_string());
-        // One thread is plenty for scrapes and probes, and keeps them off the proxy's threads.
-        admin.threads = Some(1);
-        server.add_service(admin);
+        // A background service runs on one thread of its own, which is plenty for scrapes and
+        // probes and keeps them off the proxy's threads.
+        let admin = AdminService {
+            addr,
+            app: Arc::new(HttpServer::new_app(app)),
+            lifecycle: lifecycle.clone(),
+        };
+        server.add_service(background_service("gatehouse admin", admin));
         tracing::info!(address = %addr, "admin listener");
     }
 
-    server.run(RunArgs::default());
+    server.run(RunArgs {
+        shutdown_signal: Box::new(Signals { lifecycle }),
+    });
     tracing::info!("gatehouse stopped");
 }

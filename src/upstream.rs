@@ -6,7 +6,7 @@ use crate::config::file::Balance;
 use pingora_ketama::{Bucket, Continuum};
 use rand::Rng;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,8 +18,41 @@ pub struct Target {
     pub text: String,
     pub weight: u32,
     pub zone: Option<String>,
+    /// Shared with the same target in the previous config across a reload.
+    pub state: Arc<TargetState>,
+}
+
+/// The live state of a target, kept across reloads while the target stays in its upstream.
+#[derive(Debug)]
+pub struct TargetState {
     /// Requests currently sent to this target, for `least_requests`.
     pub in_flight: AtomicUsize,
+    /// Cleared by the health checker after `unhealthy` failed checks in a row, set again after
+    /// `healthy` passed ones. Targets start healthy; without a health check they stay so.
+    healthy: AtomicBool,
+}
+
+impl TargetState {
+    pub fn new() -> Self {
+        TargetState {
+            in_flight: AtomicUsize::new(0),
+            healthy: AtomicBool::new(true),
+        }
+    }
+
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    pub fn set_healthy(&self, healthy: bool) {
+        self.healthy.store(healthy, Ordering::Relaxed);
+    }
+}
+
+impl Default for TargetState {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 /// TLS settings for connections to an upstream.
@@ -53,6 +86,7 @@ pub struct Upstream {
     /// How long an idle pooled connection to a target is kept.
     pub keepalive_idle_timeout: Duration,
     pub keepalive_max_idle: usize,
+    pub health_check: Option<crate::health::HealthCheck>,
     balancer: Balancer,
 }
 
@@ -162,39 +196,68 @@ impl Upstream {
             retry_attempts,
             keepalive_idle_timeout,
             keepalive_max_idle,
+            health_check: None,
             balancer,
         }
     }
 
-    /// Picks a target index. Bit i of `tried` marks target i as already tried by this request,
-    /// so it is skipped while untried targets remain. Only the first 64 targets are tracked.
-    /// `hash_key` is used by `consistent_hash` only.
-    pub fn select(&self, hash_key: &[u8], tried: u64) -> usize {
+    /// Builds the peer for a connection to `target`, with this upstream's TLS settings and
+    /// pool idle timeout. Timeouts of the exchange are left to the caller.
+    pub fn peer(&self, target: &Target) -> pingora_core::upstreams::peer::HttpPeer {
+        let (tls, sni) = match &self.tls {
+            Some(tls) => (true, tls.sni.clone()),
+            None => (false, String::new()),
+        };
+        let mut peer = pingora_core::upstreams::peer::HttpPeer::new(target.addr, tls, sni);
+        peer.options.idle_timeout = Some(self.keepalive_idle_timeout);
+        if let Some(tls) = &self.tls {
+            peer.options.verify_cert = tls.verify;
+            peer.options.verify_hostname = tls.verify;
+            peer.options.ca = tls.ca.clone();
+        }
+        peer
+    }
+
+    /// Picks a target index, or returns `None` when no target is healthy. Bit i of `tried`
+    /// marks target i as already tried by this request, so it is skipped while untried healthy
+    /// targets remain. Only the first 64 targets are tracked. `hash_key` is used by
+    /// `consistent_hash` only.
+    pub fn select(&self, hash_key: &[u8], tried: u64) -> Option<usize> {
         let count = self.targets.len();
+        let healthy = |i: usize| self.targets[i].state.is_healthy();
         let untried = |i: usize| i >= 64 || tried & (1 << i) == 0;
-        let all_tried = (0..count.min(64)).all(|i| !untried(i)) && count <= 64;
+        let any_fresh = (0..count).any(|i| healthy(i) && untried(i));
+        if !any_fresh && !(0..count).any(healthy) {
+            return None;
+        }
+        // Once every healthy target has been tried, any healthy one may be tried again.
+        let eligible = |i: usize| healthy(i) && (!any_fresh || untried(i));
+        let first_eligible = || (0..count).find(|&i| eligible(i));
         match &self.balancer {
             Balancer::RoundRobin { schedule, next } => {
+                let mut chosen = None;
                 for _ in 0..schedule.len() {
                     let slot = next.fetch_add(1, Ordering::Relaxed) % schedule.len();
-                    let index = schedule[slot];
-                    if all_tried || untried(index) {
-                        return index;
+                    if eligible(schedule[slot]) {
+                        chosen = Some(schedule[slot]);
+                        break;
                     }
                 }
-                schedule[0]
+                chosen.or_else(first_eligible)
             }
             Balancer::Random { cumulative } => {
                 let total = *cumulative.last().unwrap_or(&1);
                 let mut rng = rand::thread_rng();
+                let mut chosen = None;
                 for _ in 0..count * 4 {
                     let draw = rng.gen_range(0..total);
                     let index = cumulative.partition_point(|&sum| sum <= draw);
-                    if all_tried || untried(index) {
-                        return index;
+                    if eligible(index) {
+                        chosen = Some(index);
+                        break;
                     }
                 }
-                (0..count).find(|&i| untried(i)).unwrap_or(0)
+                chosen.or_else(first_eligible)
             }
             Balancer::LeastRequests { next } => {
                 // Scan from a rotating start so ties are spread evenly. The load of a target
@@ -203,11 +266,11 @@ impl Upstream {
                 let mut best: Option<(usize, u64, u64)> = None;
                 for offset in 0..count {
                     let index = (start + offset) % count;
-                    if !all_tried && !untried(index) {
+                    if !eligible(index) {
                         continue;
                     }
                     let target = &self.targets[index];
-                    let load = target.in_flight.load(Ordering::Relaxed) as u64;
+                    let load = target.state.in_flight.load(Ordering::Relaxed) as u64;
                     let weight = u64::from(target.weight);
                     let better = match best {
                         None => true,
@@ -219,17 +282,21 @@ impl Upstream {
                         best = Some((index, load, weight));
                     }
                 }
-                best.map_or(0, |(index, _, _)| index)
+                best.map(|(index, _, _)| index)
             }
             Balancer::ConsistentHash(continuum) => {
+                // Walking the ring from the key's point gives the same fallback order to every
+                // request with that key, so an unhealthy target's keys move to one neighbour.
+                let mut chosen = None;
                 for addr in continuum.0.node_iter(hash_key).take(count * 4) {
                     if let Some(index) = self.targets.iter().position(|t| t.addr == *addr) {
-                        if all_tried || untried(index) {
-                            return index;
+                        if eligible(index) {
+                            chosen = Some(index);
+                            break;
                         }
                     }
                 }
-                0
+                chosen.or_else(first_eligible)
             }
         }
     }
@@ -244,6 +311,7 @@ pub struct InFlight {
 impl InFlight {
     pub fn start(upstream: Arc<Upstream>, index: usize) -> Self {
         upstream.targets[index]
+            .state
             .in_flight
             .fetch_add(1, Ordering::Relaxed);
         InFlight { upstream, index }
@@ -253,6 +321,7 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.upstream.targets[self.index]
+            .state
             .in_flight
             .fetch_sub(1, Ordering::Relaxed);
     }
@@ -268,7 +337,7 @@ mod tests {
             text: format!("127.0.0.1:{port}"),
             weight,
             zone: None,
-            in_flight: AtomicUsize::new(0),
+            state: Arc::new(TargetState::new()),
         }
     }
 
@@ -308,7 +377,7 @@ mod tests {
         let up = upstream(Balance::RoundRobin, &[3, 1]);
         let mut counts = [0; 2];
         for _ in 0..400 {
-            counts[up.select(b"", 0)] += 1;
+            counts[up.select(b"", 0).unwrap()] += 1;
         }
         assert_eq!(counts, [300, 100]);
     }
@@ -324,7 +393,7 @@ mod tests {
             let up = upstream(balance, &[1, 1, 1]);
             for _ in 0..20 {
                 let index = up.select(b"key", 0b011);
-                assert_eq!(index, 2, "{balance:?}");
+                assert_eq!(index, Some(2), "{balance:?}");
             }
         }
     }
@@ -333,8 +402,29 @@ mod tests {
     fn least_requests_prefers_idle_target() {
         let up = Arc::new(upstream(Balance::LeastRequests, &[1, 1]));
         let _busy = InFlight::start(up.clone(), 0);
-        assert_eq!(up.select(b"", 0), 1);
-        assert_eq!(up.select(b"", 0), 1);
+        assert_eq!(up.select(b"", 0), Some(1));
+        assert_eq!(up.select(b"", 0), Some(1));
+    }
+
+    #[test]
+    fn selection_skips_unhealthy_targets() {
+        for balance in [
+            Balance::RoundRobin,
+            Balance::Random,
+            Balance::LeastRequests,
+            Balance::ConsistentHash,
+        ] {
+            let up = upstream(balance, &[1, 1, 1]);
+            up.targets[0].state.set_healthy(false);
+            up.targets[2].state.set_healthy(false);
+            for _ in 0..20 {
+                assert_eq!(up.select(b"key", 0), Some(1), "{balance:?}");
+                // The only healthy target was tried: it is chosen again rather than a sick one.
+                assert_eq!(up.select(b"key", 0b010), Some(1), "{balance:?}");
+            }
+            up.targets[1].state.set_healthy(false);
+            assert_eq!(up.select(b"key", 0), None, "{balance:?}");
+        }
     }
 
     #[test]

@@ -140,7 +140,8 @@ pub enum RateLimitKey {
 /// A route's compiled `rate_limit`.
 #[derive(Debug)]
 pub struct RouteRateLimit {
-    pub limiter: RateLimiter,
+    /// Shared with the previous config's route across a reload that keeps the same limit.
+    pub limiter: Arc<RateLimiter>,
     pub key: RateLimitKey,
     /// `RateLimit-Policy` value, e.g. `"users";q=100;w=1`.
     pub policy_header: HeaderValue,
@@ -159,10 +160,17 @@ pub struct RuntimeConfig {
     pub timeouts: Timeouts,
     pub upstreams: Vec<Arc<Upstream>>,
     pub routes: Vec<Arc<Route>>,
+    /// Reload when the file changes (`reload.watch`), after `reload.debounce` of quiet.
+    pub watch: Option<Duration>,
     /// Things that are valid but probably not what the operator meant, and settings that are
     /// accepted but not enforced yet. `gatehouse check` prints them and the server logs them.
     pub warnings: Vec<String>,
 }
+
+/// Quiet time after a change of the watched config file before it is read, so that an editor's
+/// several writes make one reload.
+const DEFAULT_WATCH_DEBOUNCE: Duration = Duration::from_millis(250);
+const MAX_WATCH_DEBOUNCE: Duration = Duration::from_secs(10);
 
 pub(super) struct Checker {
     pub(super) problems: Vec<Problem>,
@@ -316,7 +324,16 @@ fn check_key_pair(cert: &Path, key: &Path) -> Result<(), String> {
 }
 
 /// Validates `file` and builds the runtime view, or returns every problem found.
-pub fn compile(file: FileConfig, base_dir: &Path) -> Result<RuntimeConfig, Vec<Problem>> {
+///
+/// With a `previous` config (a reload), live state carries over by name: a route keeps its
+/// count of requests in flight, and its rate-limit counters while `requests`, `per` and `key`
+/// are unchanged. A target keeps its health and in-flight count while its upstream keeps the
+/// same name and the target the same address.
+pub fn compile(
+    file: FileConfig,
+    base_dir: &Path,
+    previous: Option<&RuntimeConfig>,
+) -> Result<RuntimeConfig, Vec<Problem>> {
     let mut c = Checker {
         problems: Vec::new(),
     };
@@ -411,15 +428,26 @@ pub fn compile(file: FileConfig, base_dir: &Path) -> Result<RuntimeConfig, Vec<P
     c.check_timeouts("timeouts", &file.timeouts);
     let timeouts = Timeouts::default().overridden_by(&file.timeouts);
 
+    let previous_upstreams: HashMap<&str, &Upstream> = previous
+        .iter()
+        .flat_map(|p| p.upstreams.iter())
+        .map(|u| (u.name.as_str(), u.as_ref()))
+        .collect();
+    let previous_routes: HashMap<&str, &Route> = previous
+        .iter()
+        .flat_map(|p| p.routes.iter())
+        .map(|r| (r.name.as_str(), r.as_ref()))
+        .collect();
+
     let mut upstream_by_name: HashMap<&str, Arc<Upstream>> = HashMap::new();
     let mut upstreams = Vec::with_capacity(file.upstreams.len());
     for (i, upstream_file) in file.upstreams.iter().enumerate() {
         let upstream = Arc::new(compile_upstream(
             &mut c,
-            &mut warnings,
             i,
             upstream_file,
             base_dir,
+            previous_upstreams.get(upstream_file.name.as_str()).copied(),
         ));
         if upstream_by_name.contains_key(upstream_file.name.as_str()) {
             c.error(
@@ -441,18 +469,41 @@ pub fn compile(file: FileConfig, base_dir: &Path) -> Result<RuntimeConfig, Vec<P
                 format!("duplicate route name \"{}\"", route_file.name),
             );
         }
-        let route = compile_route(&mut c, i, route_file, &upstream_by_name, timeouts);
+        let route = compile_route(
+            &mut c,
+            i,
+            route_file,
+            &upstream_by_name,
+            timeouts,
+            previous_routes.get(route_file.name.as_str()).copied(),
+        );
         routes.push(Arc::new(route));
     }
     if file.routes.is_empty() {
         warnings.push("routes: the list is empty, so every request gets 404".to_owned());
     }
 
+    if let Some(debounce) = file.reload.debounce {
+        if debounce.0 > MAX_WATCH_DEBOUNCE {
+            c.error(
+                "reload.debounce",
+                format!(
+                    "invalid debounce \"{}ms\": must be at most 10s",
+                    debounce.0.as_millis()
+                ),
+            );
+        } else if !file.reload.watch {
+            warnings.push("reload.debounce: has no effect without reload.watch: true".to_owned());
+        }
+    }
+
     if !c.problems.is_empty() {
         return Err(c.problems);
     }
     warnings.extend(shadowed_routes(&routes));
+    let debounce = file.reload.debounce.map_or(DEFAULT_WATCH_DEBOUNCE, |d| d.0);
     Ok(RuntimeConfig {
+        watch: file.reload.watch.then_some(debounce),
         listeners,
         admin,
         threads,

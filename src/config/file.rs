@@ -24,6 +24,19 @@ pub struct FileConfig {
     #[serde(default)]
     pub upstreams: Vec<UpstreamFile>,
     pub routes: Vec<RouteFile>,
+    #[serde(default)]
+    pub reload: ReloadFile,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReloadFile {
+    /// Reload when the config file changes, as well as on SIGHUP.
+    #[serde(default)]
+    pub watch: bool,
+    /// Quiet time after the last change before the file is read.
+    #[serde(default)]
+    pub debounce: Option<DurationValue>,
 }
 
 #[derive(Debug, Deserialize)]

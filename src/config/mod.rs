@@ -58,6 +58,15 @@ impl std::error::Error for ConfigError {}
 
 /// Reads, parses and validates the config file at `path`.
 pub fn load_file(path: &Path) -> Result<RuntimeConfig, ConfigError> {
+    load_file_inheriting(path, None)
+}
+
+/// Loads the config file like [`load_file`], for a reload: routes and targets that `previous`
+/// also has keep their live state (see [`compile::compile`]).
+pub fn load_file_inheriting(
+    path: &Path,
+    previous: Option<&RuntimeConfig>,
+) -> Result<RuntimeConfig, ConfigError> {
     let name = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
         file: name.clone(),
@@ -69,19 +78,28 @@ pub fn load_file(path: &Path) -> Result<RuntimeConfig, ConfigError> {
         }],
     })?;
     let base_dir = path.parent().unwrap_or(Path::new("."));
-    load_str(&text, &name, base_dir)
+    load_str_inheriting(&text, &name, base_dir, previous)
 }
 
 /// Parses and validates config text. `file` names it in errors; relative paths in it (TLS
 /// certificates) are resolved against `base_dir`.
 pub fn load_str(text: &str, file: &str, base_dir: &Path) -> Result<RuntimeConfig, ConfigError> {
+    load_str_inheriting(text, file, base_dir, None)
+}
+
+fn load_str_inheriting(
+    text: &str,
+    file: &str,
+    base_dir: &Path,
+    previous: Option<&RuntimeConfig>,
+) -> Result<RuntimeConfig, ConfigError> {
     // Editors on some systems save a UTF-8 byte order mark, which YAML parsers reject.
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let parsed: file::FileConfig = serde_yaml::from_str(text).map_err(|e| ConfigError {
         file: file.to_owned(),
         diagnostics: vec![refine_value_error(serde_diagnostic(&e), text)],
     })?;
-    compile::compile(parsed, base_dir).map_err(|problems| {
+    compile::compile(parsed, base_dir, previous).map_err(|problems| {
         let index = PositionIndex::build(text);
         let diagnostics = problems
             .into_iter()

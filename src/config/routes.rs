@@ -166,6 +166,7 @@ pub(super) fn compile_route(
     file: &RouteFile,
     upstreams: &HashMap<&str, Arc<Upstream>>,
     defaults: Timeouts,
+    previous: Option<&Route>,
 ) -> Route {
     let path = format!("routes[{index}]");
     if file.name.is_empty() {
@@ -343,8 +344,21 @@ pub(super) fn compile_route(
             );
             return None;
         };
+        // A reload that keeps the limit keeps the counters, so clients cannot reset their
+        // budget by waiting for a config change.
+        let unchanged = previous
+            .and_then(|route| route.rate_limit.as_ref())
+            .filter(|old| {
+                old.limiter.limit() == limit.requests
+                    && old.limiter.window() == limit.per.0
+                    && old.key == key
+            });
+        let limiter = match unchanged {
+            Some(old) => old.limiter.clone(),
+            None => Arc::new(RateLimiter::new(limit.requests, limit.per.0)),
+        };
         Some(RouteRateLimit {
-            limiter: RateLimiter::new(limit.requests, limit.per.0),
+            limiter,
             key,
             policy_header: rate_limit_policy(&file.name, limit.requests, limit.per.0),
         })
@@ -370,12 +384,16 @@ pub(super) fn compile_route(
             Some(size.0 as usize)
         }
     });
-    let in_flight = Arc::new(InFlightCounter::new(
-        file.max_concurrent_requests,
-        crate::metrics::metrics()
-            .requests_in_flight
-            .with_label_values(&[file.name.as_str()]),
-    ));
+    let in_flight = Arc::new(match previous {
+        // Requests that started on the previous config still count against the cap.
+        Some(route) => route.in_flight.continued(file.max_concurrent_requests),
+        None => InFlightCounter::new(
+            file.max_concurrent_requests,
+            crate::metrics::metrics()
+                .requests_in_flight
+                .with_label_values(&[file.name.as_str()]),
+        ),
+    });
     let timeouts = match &file.timeouts {
         Some(overrides) => {
             c.check_timeouts(&format!("{path}.timeouts"), overrides);

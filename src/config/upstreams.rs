@@ -2,11 +2,11 @@
 
 use super::compile::Checker;
 use super::file::{Balance, UpstreamFile};
-use crate::upstream::{HashKey, Target, Upstream, UpstreamTls};
+use crate::health::HealthCheck;
+use crate::upstream::{HashKey, Target, TargetState, Upstream, UpstreamTls};
 use http::HeaderName;
 use std::collections::HashSet;
 use std::path::Path;
-use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -59,10 +59,10 @@ const MAX_HASH_WEIGHT: u64 = 1_000;
 
 pub(super) fn compile_upstream(
     c: &mut Checker,
-    warnings: &mut Vec<String>,
     index: usize,
     file: &UpstreamFile,
     base_dir: &Path,
+    previous: Option<&Upstream>,
 ) -> Upstream {
     let path = format!("upstreams[{index}]");
     if file.name.is_empty() {
@@ -110,7 +110,9 @@ pub(super) fn compile_upstream(
             text: target.address.text.clone(),
             weight: target.weight.max(1),
             zone: target.zone.clone(),
-            in_flight: AtomicUsize::new(0),
+            state: previous
+                .and_then(|p| p.targets.iter().find(|t| t.addr == target.address.addr))
+                .map_or_else(|| Arc::new(TargetState::new()), |t| t.state.clone()),
         });
     }
 
@@ -182,6 +184,15 @@ pub(super) fn compile_upstream(
                 format!("{hc_path}.path"),
                 format!("invalid path \"{}\": must start with \"/\"", hc.path),
             );
+        } else if hc.path.parse::<http::uri::PathAndQuery>().is_err() {
+            c.error(
+                format!("{hc_path}.path"),
+                format!(
+                    "invalid path \"{}\": not a valid request path (percent-encode spaces and \
+                     other reserved bytes)",
+                    hc.path.escape_debug()
+                ),
+            );
         }
         for (name, value) in [("interval", hc.interval), ("timeout", hc.timeout)] {
             if value.is_some_and(|v| v.0.is_zero()) {
@@ -199,11 +210,25 @@ pub(super) fn compile_upstream(
                 );
             }
         }
-        // TODO: active health checks are not run yet; every target is treated as healthy.
-        warnings.push(format!(
-            "{hc_path}: health checks are not run yet; all targets of \"{}\" receive traffic",
-            file.name
-        ));
+    }
+    let health_check = file.health_check.as_ref().map(|hc| HealthCheck {
+        path: hc.path.clone(),
+        interval: hc.interval.map_or(DEFAULT_HEALTH_INTERVAL, |d| d.0),
+        timeout: hc.timeout.map_or(DEFAULT_HEALTH_TIMEOUT, |d| d.0),
+        healthy: hc.healthy.unwrap_or(DEFAULT_HEALTHY),
+        unhealthy: hc.unhealthy.unwrap_or(DEFAULT_UNHEALTHY),
+    });
+    if let Some(hc) = &health_check {
+        if hc.timeout > hc.interval {
+            c.error(
+                format!("{path}.health_check.timeout"),
+                format!(
+                    "invalid timeout \"{}\": must not exceed the interval ({})",
+                    humanize(hc.timeout),
+                    humanize(hc.interval)
+                ),
+            );
+        }
     }
 
     let retry_attempts = file.retries.as_ref().map_or(0, |r| r.attempts);
@@ -237,7 +262,7 @@ pub(super) fn compile_upstream(
         }
     }
 
-    Upstream::new(
+    let mut upstream = Upstream::new(
         file.name.clone(),
         targets,
         file.balance,
@@ -246,5 +271,22 @@ pub(super) fn compile_upstream(
         retry_attempts,
         idle_timeout,
         max_idle,
-    )
+    );
+    upstream.health_check = health_check;
+    upstream
+}
+
+/// Health check settings left out of the file.
+const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(5);
+const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
+const DEFAULT_HEALTHY: u32 = 2;
+const DEFAULT_UNHEALTHY: u32 = 3;
+
+/// Formats a duration the way the config file writes it.
+fn humanize(d: Duration) -> String {
+    if d.subsec_millis() != 0 || d.as_secs() == 0 {
+        format!("{}ms", d.as_millis())
+    } else {
+        format!("{}s", d.as_secs())
+    }
 }

@@ -7,7 +7,8 @@ use std::sync::Arc;
 /// Requests in flight on one route, with an optional cap, mirrored in a gauge.
 #[derive(Debug)]
 pub struct InFlightCounter {
-    current: AtomicU64,
+    /// Shared by the counters of one route name across reloads.
+    current: Arc<AtomicU64>,
     max: Option<u64>,
     gauge: IntGauge,
 }
@@ -21,9 +22,19 @@ pub struct InFlightPermit {
 impl InFlightCounter {
     pub fn new(max: Option<u64>, gauge: IntGauge) -> Self {
         InFlightCounter {
-            current: AtomicU64::new(0),
+            current: Arc::new(AtomicU64::new(0)),
             max,
             gauge,
+        }
+    }
+
+    /// Returns a counter with a new cap that shares this one's count, for the same route in
+    /// a reloaded config.
+    pub fn continued(&self, max: Option<u64>) -> Self {
+        InFlightCounter {
+            current: self.current.clone(),
+            max,
+            gauge: self.gauge.clone(),
         }
     }
 
@@ -71,6 +82,21 @@ mod tests {
         assert!(counter.try_acquire().is_none());
         drop(first);
         assert!(counter.try_acquire().is_some());
+    }
+
+    #[test]
+    fn continued_counter_shares_count() {
+        let old = Arc::new(InFlightCounter::new(
+            Some(2),
+            IntGauge::new("t", "t").unwrap(),
+        ));
+        let started_before_reload = old.try_acquire();
+        let new = Arc::new(old.continued(Some(1)));
+        assert_eq!(new.current(), 1);
+        assert!(new.try_acquire().is_none());
+        drop(started_before_reload);
+        assert_eq!(new.current(), 0);
+        assert!(new.try_acquire().is_some());
     }
 
     #[test]

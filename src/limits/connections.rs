@@ -38,6 +38,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 pub struct ConnectionTracker {
     current: AtomicU64,
     max: u64,
+    /// Woken when the last open connection closes.
+    all_closed: tokio::sync::Notify,
 }
 
 impl ConnectionTracker {
@@ -45,6 +47,26 @@ impl ConnectionTracker {
         ConnectionTracker {
             current: AtomicU64::new(0),
             max: max.unwrap_or(u64::MAX),
+            all_closed: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// Client connections open now.
+    pub fn open(&self) -> u64 {
+        self.current.load(Ordering::Acquire)
+    }
+
+    /// Waits until no client connection is open.
+    pub async fn wait_until_all_closed(&self) {
+        loop {
+            let notified = self.all_closed.notified();
+            tokio::pin!(notified);
+            // Registered before the check, so a close between the check and the wait wakes it.
+            notified.as_mut().enable();
+            if self.open() == 0 {
+                return;
+            }
+            notified.await;
         }
     }
 
@@ -71,7 +93,9 @@ struct ConnectionSlot {
 
 impl Drop for ConnectionSlot {
     fn drop(&mut self) {
-        self.tracker.current.fetch_sub(1, Ordering::AcqRel);
+        if self.tracker.current.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.tracker.all_closed.notify_waiters();
+        }
         self.gauge.dec();
     }
 }

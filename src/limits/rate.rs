@@ -93,6 +93,15 @@ impl RateLimiter {
     }
 
     /// Counts a request of `key` and decides whether it is admitted.
+    /// Requests admitted per key and window.
+    pub fn limit(&self) -> u64 {
+        self.limit
+    }
+
+    pub fn window(&self) -> Duration {
+        self.window
+    }
+
     pub fn check<K: Hash + ?Sized>(&self, key: &K) -> RateDecision {
         self.check_at(key, self.origin.elapsed())
     }

@@ -283,12 +283,18 @@ impl ProxyHttp for Gateway {
                 "no upstream for this request",
             ));
         };
-        let index = match &upstream.hash_key {
+        let selected = match &upstream.hash_key {
             Some(key) => {
                 let key = self.hash_key(session, ctx, key).into_owned();
                 upstream.select(&key, ctx.tried_targets)
             }
             None => upstream.select(&[], ctx.tried_targets),
+        };
+        let Some(index) = selected else {
+            return Err(Error::explain(
+                ErrorType::HTTPStatus(503),
+                format!("no healthy target in upstream \"{}\"", upstream.name),
+            ));
         };
         if index < 64 {
             ctx.tried_targets |= 1 << index;
@@ -298,12 +304,7 @@ impl ProxyHttp for Gateway {
             ctx.in_flight = Some(InFlight::start(upstream.clone(), index));
         }
 
-        let target = &upstream.targets[index];
-        let (tls, sni) = match &upstream.tls {
-            Some(tls) => (true, tls.sni.clone()),
-            None => (false, String::new()),
-        };
-        let mut peer = HttpPeer::new(target.addr, tls, sni);
+        let mut peer = upstream.peer(&upstream.targets[index]);
         let options = &mut peer.options;
         // No single wait may outlast the request deadline. On HTTP/1 the client stream also
         // enforces the deadline as a whole; on HTTP/2 these bounds are the only enforcement.
@@ -317,12 +318,6 @@ impl ProxyHttp for Gateway {
         options.total_connection_timeout = Some(route.timeouts.connect.min(remaining));
         options.read_timeout = Some(route.timeouts.upstream_read.min(remaining));
         options.write_timeout = Some(route.timeouts.upstream_write.min(remaining));
-        options.idle_timeout = Some(upstream.keepalive_idle_timeout);
-        if let Some(tls) = &upstream.tls {
-            options.verify_cert = tls.verify;
-            options.verify_hostname = tls.verify;
-            options.ca = tls.ca.clone();
-        }
         // Pingora strips the standard hop-by-hop headers. The headers a client names in
         // `Connection` are removed by `remove_connection_nominated` instead, because Pingora
         // rejects the whole request when one of them is X-Forwarded-For.
