@@ -115,7 +115,10 @@ pub fn run(config: RuntimeConfig, options: ProcessOptions) {
     let labels: Vec<(SocketAddr, String)> =
         listeners.iter().map(|l| (l.addr, l.text.clone())).collect();
     let app = ConnectionLimitedApp::new(
-        pingora_proxy::http_proxy(&server.configuration, Gateway::new(shared.clone())),
+        pingora_proxy::http_proxy(
+            &server.configuration,
+            Gateway::new(shared.clone(), lifecycle.clone()),
+        ),
         shared.clone(),
         tracker.clone(),
         &labels,

@@ -33,6 +33,10 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+/// How long keep-alive connections may still send one more request after a graceful shutdown
+/// or upgrade has started.
+const KEEPALIVE_SHUTDOWN_WINDOW: Duration = Duration::from_secs(1);
+
 /// Connections held by the whole process, against `limits.max_connections`.
 #[derive(Debug)]
 pub struct ConnectionTracker {
@@ -219,6 +223,19 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for ConnectionLimitedApp<A>
     }
 
     async fn cleanup(&self) {
+        // Pingora's cleanup closes every keep-alive connection that waits for its next
+        // request. A client may have sent that request already and would see the connection
+        // reset, so connections first get a short window in which their next request is
+        // still served, with `Connection: close` because the shutdown has started.
+        let window = tokio::time::timeout(
+            KEEPALIVE_SHUTDOWN_WINDOW,
+            self.tracker.wait_until_all_closed(),
+        );
+        let _ = window.await;
+        tracing::info!(
+            open_connections = self.tracker.open(),
+            "closing the client connections that wait for a next request"
+        );
         self.inner.cleanup().await;
     }
 }

@@ -51,11 +51,15 @@ fn stream_control(session: &Session) -> Option<&Arc<StreamControl>> {
 /// The gateway: the current compiled config, swapped whole on reload.
 pub struct Gateway {
     config: Arc<ArcSwap<RuntimeConfig>>,
+    lifecycle: Arc<crate::lifecycle::Lifecycle>,
 }
 
 impl Gateway {
-    pub fn new(config: Arc<ArcSwap<RuntimeConfig>>) -> Self {
-        Gateway { config }
+    pub fn new(
+        config: Arc<ArcSwap<RuntimeConfig>>,
+        lifecycle: Arc<crate::lifecycle::Lifecycle>,
+    ) -> Self {
+        Gateway { config, lifecycle }
     }
 }
 
@@ -184,7 +188,8 @@ impl ProxyHttp for Gateway {
         } else {
             self.decide(session, ctx)
         };
-        apply_downstream_timeouts(session, ctx);
+        let shutting_down = self.lifecycle.phase() != crate::lifecycle::Phase::Running;
+        apply_downstream_timeouts(session, ctx, shutting_down);
         if matches!(decision, Decision::Proxy | Decision::Respond)
             && crate::limits::enforce::enforce(session, ctx).await?
         {

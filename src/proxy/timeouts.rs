@@ -19,14 +19,19 @@ use pingora_error::{Error, ErrorSource, ErrorType};
 use pingora_proxy::Session;
 
 /// Sets the body read, response write and keep-alive idle timeouts for this request, from
-/// its route or, for requests that match none, from the top-level `timeouts`.
-pub fn apply_downstream_timeouts(session: &mut Session, ctx: &RequestContext) {
+/// its route or, for requests that match none, from the top-level `timeouts`. While the
+/// process shuts down, the connection closes after this response instead.
+pub fn apply_downstream_timeouts(session: &mut Session, ctx: &RequestContext, shutting_down: bool) {
     let timeouts = ctx
         .route
         .as_ref()
         .map_or(ctx.config.timeouts, |route| route.timeouts);
     session.set_read_timeout(Some(timeouts.downstream_body));
     session.set_write_timeout(Some(timeouts.downstream_write));
+    if shutting_down {
+        session.set_keepalive(None);
+        return;
+    }
     let idle_seconds = timeouts.downstream_idle.as_millis().div_ceil(1000).max(1) as u64;
     session.set_keepalive(Some(idle_seconds));
 }

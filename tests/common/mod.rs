@@ -758,12 +758,20 @@ impl Gateway {
     /// waits until the admin `/readyz` returns 200. Panics with the captured stderr if the
     /// gateway exits or is not ready within 20 s.
     pub async fn start(yaml: &str) -> Gateway {
+        Gateway::start_with_args(yaml, &[]).await
+    }
+
+    /// Starts the gateway like [`Gateway::start`], with extra command line arguments.
+    /// `{dir}` in an argument is replaced with the config's temporary directory.
+    pub async fn start_with_args(yaml: &str, args: &[&str]) -> Gateway {
         let config = ConfigFile::write(yaml);
         let stdout_path = config.dir().join("stdout.log");
         let stderr_path = config.dir().join("stderr.log");
+        let dir = config.dir().to_str().expect("UTF-8 temp path").to_owned();
         let child = Command::new(env!("CARGO_BIN_EXE_gatehouse"))
             .arg("-c")
             .arg(config.path())
+            .args(args.iter().map(|a| a.replace("{dir}", &dir)))
             .stdin(Stdio::null())
             .stdout(File::create(&stdout_path).expect("create stdout file"))
             .stderr(File::create(&stderr_path).expect("create stderr file"))
@@ -824,6 +832,77 @@ impl Gateway {
 
     pub fn listen_addr(&self) -> SocketAddr {
         self.config.listen
+    }
+
+    /// Replaces the config file the way an operator should: the new text (with `{listen}`
+    /// and `{admin}` substituted by this gateway's addresses) goes to a temporary file that is
+    /// then renamed over the old one.
+    pub fn write_config(&self, yaml: &str) {
+        let text = yaml
+            .replace("{listen}", &self.config.listen.to_string())
+            .replace("{admin}", &self.config.admin.to_string());
+        let temporary = self.config.dir().join(".gateway.yaml.new");
+        std::fs::write(&temporary, text).expect("write the new config file");
+        std::fs::rename(&temporary, self.config.path()).expect("rename the new config file");
+    }
+
+    /// Sends `signal` (a `libc::SIG*` number) to the gateway process.
+    pub fn signal(&self, signal: i32) {
+        let pid = i32::try_from(self.child.id()).expect("pid fits in i32");
+        // SAFETY: kill(2) has no memory-safety requirements.
+        let result = unsafe { libc::kill(pid, signal) };
+        assert_eq!(result, 0, "kill({pid}, {signal}) failed");
+    }
+
+    /// Waits up to `timeout` for the process to exit and returns its exit status.
+    pub async fn wait_for_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("poll the gateway process") {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(POLL_INTERVAL).await;
+        }
+    }
+
+    /// Resident memory of the gateway process in bytes, from `/proc/PID/status`.
+    pub fn rss_bytes(&self) -> u64 {
+        proc_status_field(self.pid(), "VmRSS:") * 1024
+    }
+
+    /// Threads of the gateway process, from `/proc/PID/status`.
+    pub fn thread_count(&self) -> u64 {
+        proc_status_field(self.pid(), "Threads:")
+    }
+
+    /// Starts a second gatehouse on the same config file with `args`, writing its output to
+    /// `NAME.stdout.log` and `NAME.stderr.log` in the config directory. `{dir}` in an argument
+    /// is replaced with that directory. The process is not waited for.
+    pub fn spawn_sibling(&self, name: &str, args: &[&str]) -> Child {
+        let dir = self.config.dir();
+        let dir_text = dir.to_str().expect("UTF-8 temp path");
+        Command::new(env!("CARGO_BIN_EXE_gatehouse"))
+            .arg("-c")
+            .arg(self.config.path())
+            .args(args.iter().map(|a| a.replace("{dir}", dir_text)))
+            .stdin(Stdio::null())
+            .stdout(
+                File::create(dir.join(format!("{name}.stdout.log"))).expect("create stdout file"),
+            )
+            .stderr(
+                File::create(dir.join(format!("{name}.stderr.log"))).expect("create stderr file"),
+            )
+            .spawn()
+            .expect("spawn the gatehouse binary")
+    }
+
+    /// Returns the status of one `GET /readyz` on the admin listener, or `None` if the
+    /// exchange failed within 1 s.
+    pub async fn readyz(&self) -> Option<u16> {
+        self.readyz_status().await
     }
 
     /// Process id of the gateway, for sending it signals.
@@ -937,6 +1016,21 @@ impl Drop for Gateway {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Reads a numeric field such as `VmRSS:` or `Threads:` from `/proc/PID/status`.
+pub fn proc_status_field(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_else(|e| panic!("read /proc/{pid}/status: {e}"));
+    let line = status
+        .lines()
+        .find(|line| line.starts_with(field))
+        .unwrap_or_else(|| panic!("no {field} line in /proc/{pid}/status"));
+    line[field.len()..]
+        .split_whitespace()
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("invalid {field} line {line:?}"))
 }
 
 /// Parses one stdout line as an access log record, see `Gateway::access_log`.
