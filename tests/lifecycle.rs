@@ -394,9 +394,9 @@ routes:
 "#,
         backend.addr
     );
-    let without_routes = format!(
-        "listen:\n  - address: \"{{listen}}\"\nadmin:\n  address: \"{{admin}}\"\nroutes:\n  - name: other\n    match: {{ path: /other }}\n    respond: {{ status: 200, body: \"other\" }}\n"
-    );
+    let without_routes = "listen:\n  - address: \"{listen}\"\nadmin:\n  address: \"{admin}\"\n\
+                          routes:\n  - name: other\n    match: { path: /other }\n    \
+                          respond: { status: 200, body: \"other\" }\n";
     let gateway = Gateway::start(&with_routes).await;
 
     let mut socket = Conn::new(
@@ -440,7 +440,7 @@ routes:
     assert_eq!(status_of(&head), 200, "stream status");
 
     // The new table has neither route.
-    gateway.write_config(&without_routes);
+    gateway.write_config(without_routes);
     gateway.signal(libc::SIGHUP);
     let reloads = gateway
         .wait_for_metric(
