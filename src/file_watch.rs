@@ -2,7 +2,7 @@
 //!
 //! The directory is watched rather than the file, because editors and deployment tools
 //! replace a file by renaming a new one over it, and Kubernetes swaps a ConfigMap volume's
-//! `..data` symbolic link; both leave a watch on the old file's inode silent. Events count when
+//! `..data` symbolic link. Neither changes the old file's inode, so a watch on it stays silent. Events count when
 //! they name the file itself or an entry starting with `..` (the ConfigMap links), so log files
 //! written in the same directory do not; the caller compares the file's content to decide
 //! whether to reload.

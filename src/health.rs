@@ -203,12 +203,14 @@ async fn probe(upstream: &Upstream, target: &Target, settings: &HealthCheck) -> 
         .insert_header(http::header::USER_AGENT, "gatehouse-health-check")
         .map_err(|e| e.to_string())?;
     check.req = request;
+
     let mut peer = upstream.peer(target);
     peer.options.connection_timeout = Some(settings.timeout);
     peer.options.total_connection_timeout = Some(settings.timeout);
     peer.options.read_timeout = Some(settings.timeout);
     peer.options.write_timeout = Some(settings.timeout);
     check.peer_template = peer;
+
     check.validator = Some(Box::new(|response: &ResponseHeader| {
         let status = response.status.as_u16();
         if (200..400).contains(&status) {
@@ -220,6 +222,7 @@ async fn probe(upstream: &Upstream, target: &Target, settings: &HealthCheck) -> 
             )
         }
     }));
+
     let backend = Backend {
         addr: pingora_core::protocols::l4::socket::SocketAddr::Inet(target.addr),
         weight: 1,

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
-/// A backend whose `/health` answers with a status the test sets, and every other path with
-/// 200 and the backend's name. Each connection serves one request.
+/// A backend whose `/health` returns a status the test sets, and every other path
+/// returns 200 and the backend's name. Each connection serves one request.
 struct SwitchableBackend {
     addr: SocketAddr,
     health_status: Arc<AtomicU16>,

@@ -14,7 +14,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
-/// Longest a load client keeps sending, so that a test that fails before stopping it still
+/// Maximum time a load client keeps sending, so that a test that fails before stopping it still
 /// ends.
 const LOAD_LIMIT: Duration = Duration::from_secs(90);
 
@@ -471,7 +471,7 @@ routes:
     );
 }
 
-/// A backend that answers every request with 200 `done` after `delay`, and counts the
+/// A backend that responds to every request with 200 `done` after `delay`, and counts the
 /// requests it has received.
 struct DelayedBackend {
     addr: std::net::SocketAddr,
@@ -574,7 +574,7 @@ routes:
         "exit code after SIGTERM\nstderr:\n{}",
         gateway.stderr()
     );
-    // The backend answers 1 s after each request; the process ends when the last client
+    // The backend responds 1 s after each request; the process ends when the last client
     // connection closes, long before the 20 s grace period. Tolerance: 2 s.
     assert!(
         exited_after < Duration::from_secs(3),
@@ -658,8 +658,8 @@ async fn graceful_upgrade_under_load() {
     drop(new);
 }
 
-/// A config of `routes` routes with the matching one last; `variant` changes every route's
-/// rate limit so that a reload between two variants builds new limiters.
+/// Returns a config of `routes` routes, where the matching one is last. Every 20th route has a
+/// rate limit whose size depends on `variant`, so a reload between variants builds new limiters.
 fn many_routes(backend: &EchoBackend, routes: usize, variant: u64) -> String {
     let mut yaml = format!(
         "listen:\n  - address: \"{{listen}}\"\nadmin:\n  address: \"{{admin}}\"\n\
