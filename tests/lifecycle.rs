@@ -764,3 +764,44 @@ async fn wait_for_reloads(gateway: &Gateway, expected: u64) {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigint_exits_without_draining() {
+    let backend = DelayedBackend::start(Duration::from_secs(30)).await;
+    let yaml = format!(
+        "listen:\n  - address: \"{{listen}}\"\nadmin:\n  address: \"{{admin}}\"\n\
+         server:\n  grace_period: 20s\nupstreams:\n  - name: slow\n    \
+         targets: [{{ address: \"{}\" }}]\nroutes:\n  - name: slow\n    \
+         match: {{ path_prefix: / }}\n    upstream: slow\n",
+        backend.addr
+    );
+    let mut gateway = Gateway::start(&yaml).await;
+    let listen = gateway.listen_addr();
+    let pending = tokio::spawn(async move {
+        let mut client = HttpClient::connect(listen).await;
+        client.send_raw(&Request::get("/slow").to_bytes()).await?;
+        client.read_response(false).await
+    });
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while backend.received.load(Ordering::SeqCst) < 1 {
+        assert!(Instant::now() < deadline, "the backend got the request");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+
+    let signalled = Instant::now();
+    gateway.signal(libc::SIGINT);
+    let status = gateway.wait_for_exit(Duration::from_secs(10)).await;
+    let exited_after = signalled.elapsed();
+    assert!(status.is_some(), "the process exited");
+    // Tolerance: 2 s for the runtimes to stop; the request in flight would take 30 s.
+    assert!(
+        exited_after < Duration::from_secs(2),
+        "SIGINT does not wait for requests; the exit took {exited_after:?}"
+    );
+    let outcome = pending.await.expect("client task");
+    assert!(
+        outcome.is_err(),
+        "the request in flight is cut: {:?}",
+        outcome.map(|r| r.status)
+    );
+}
