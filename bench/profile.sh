@@ -7,8 +7,9 @@
 # (the release profile plus line tables), so perf can name inlined functions.
 #
 # Usage: bench/profile.sh [SECONDS] [OUTPUT_DIR]
-# Leaves perf.data, self.txt (functions by their own samples) and children.txt (functions by
-# the samples of everything they call) in OUTPUT_DIR, by default a new folder under /tmp.
+# Leaves perf.data, self.txt (functions by their own samples), children.txt (functions by
+# the samples of everything they call) and categories.txt (samples grouped by what the CPU was
+# doing, from bench/profile_categories.py) in OUTPUT_DIR, by default a new folder under /tmp.
 # Needs root for apt-get the first time (wrk, nginx-light, linux-perf) and for perf.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -84,6 +85,8 @@ perf report -i "$out/perf.data" --no-children --sort symbol --percent-limit 0.3 
   -g none 2> /dev/null > "$out/self.txt"
 perf report -i "$out/perf.data" --children --sort symbol --percent-limit 2 --stdio \
   -g none 2> /dev/null > "$out/children.txt"
+perf script -i "$out/perf.data" -F comm,tid,ip,sym,srcline --inline --full-source-path 2> /dev/null \
+  | python3 bench/profile_categories.py "$PWD" > "$out/categories.txt"
 echo
 echo "perf data and reports are in $out"
-grep -v '^#' "$out/self.txt" | grep -v '^$' | head -40
+cat "$out/categories.txt"
