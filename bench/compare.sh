@@ -158,7 +158,7 @@ taskset -c "$load_cpu" nginx -c "$work/backend/nginx.conf" -p "$work/backend" -g
 live_pids[$!]=1
 
 # Per target: the port it listens on, the process ids to stop, the process to measure, its
-# access log and its standard error. The measured process is NGINX's worker, and `direct` has none.
+# access log and its standard error. For NGINX the measured process is its worker; `direct` has none.
 declare -A target_port=() target_pids=() target_measured=() target_log=() target_err=()
 
 start_gatehouse() {  # NAME ROUTE_COUNT
@@ -274,9 +274,9 @@ run_load() {
         { v[NR] = $1 }
         END { printf "%.3f %.3f %.3f", rank(0.5), rank(0.99), rank(0.999) }')
       rm -f "$work/h2load.tsv"
+      # h2load's "failed" count includes its "errored" requests and non-success statuses.
       awk -v percentiles="$percentiles" '
         /^finished in/ { seconds = $3 + 0 }
-        # h2load's "failed" count includes "errored" requests and non-success statuses.
         /^requests:/ { done = $6; errors = $10 }
         END { printf "%d %.6f %d %s\n", done, seconds, errors, percentiles }' "$work/h2load.out"
       return
