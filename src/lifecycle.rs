@@ -110,7 +110,12 @@ impl BackgroundService for DrainService {
             grace_period = ?self.grace_period,
             "listeners closed; exiting once every client connection has closed"
         );
-        let drained = self.connections.wait_until_all_closed();
+        // Connections accepted just before the listeners closed are counted only once their
+        // task runs, so the count is trusted only after the listeners are closed.
+        let drained = async {
+            self.connections.wait_until_listeners_closed().await;
+            self.connections.wait_until_all_closed().await;
+        };
         if tokio::time::timeout(self.grace_period, drained)
             .await
             .is_err()

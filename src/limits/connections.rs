@@ -37,6 +37,9 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 /// or upgrade has started.
 const KEEPALIVE_SHUTDOWN_WINDOW: Duration = Duration::from_secs(1);
 
+/// Minimum of that window: time for the task of a just-accepted connection to start.
+const ACCEPTED_SETTLE_TIME: Duration = Duration::from_millis(100);
+
 /// Connections held by the whole process, against `limits.max_connections`.
 #[derive(Debug)]
 pub struct ConnectionTracker {
@@ -44,6 +47,9 @@ pub struct ConnectionTracker {
     max: u64,
     /// Woken when the last open connection closes.
     all_closed: tokio::sync::Notify,
+    /// Set once a shutdown has closed the listeners and every connection that was waiting
+    /// for a next request. From then on no new connection can be counted.
+    listeners_closed: tokio::sync::watch::Sender<bool>,
 }
 
 impl ConnectionTracker {
@@ -52,7 +58,14 @@ impl ConnectionTracker {
             current: AtomicU64::new(0),
             max: max.unwrap_or(u64::MAX),
             all_closed: tokio::sync::Notify::new(),
+            listeners_closed: tokio::sync::watch::Sender::new(false),
         }
+    }
+
+    /// Waits until a shutdown has closed the listeners and the idle keep-alive connections.
+    pub async fn wait_until_listeners_closed(&self) {
+        let mut closed = self.listeners_closed.subscribe();
+        let _ = closed.wait_for(|closed| *closed).await;
     }
 
     /// Client connections open now.
@@ -227,8 +240,11 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for ConnectionLimitedApp<A>
         // request. A client may have sent that request already and would see the connection
         // reset, so connections first get a short window in which their next request is
         // still served, with `Connection: close` because the shutdown has started.
+        // The window lasts at least `ACCEPTED_SETTLE_TIME`, so that connections accepted just
+        // before the listeners closed are counted and read their first request.
+        tokio::time::sleep(ACCEPTED_SETTLE_TIME).await;
         let window = tokio::time::timeout(
-            KEEPALIVE_SHUTDOWN_WINDOW,
+            KEEPALIVE_SHUTDOWN_WINDOW - ACCEPTED_SETTLE_TIME,
             self.tracker.wait_until_all_closed(),
         );
         let _ = window.await;
@@ -237,6 +253,11 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for ConnectionLimitedApp<A>
             "closing the client connections that wait for a next request"
         );
         self.inner.cleanup().await;
+        // Pingora calls this after its accept loops have ended, and the task of a connection
+        // accepted just before was spawned ahead of this one.
+        // NOTE: a connection task that has not started within `ACCEPTED_SETTLE_TIME` (an
+        // overloaded process) is not counted, and an early exit cuts its connection.
+        self.tracker.listeners_closed.send_replace(true);
     }
 }
 
