@@ -23,10 +23,50 @@ pub fn set_writer(writer: NonBlocking) {
     WRITER.store(Some(Arc::new(writer)));
 }
 
+/// The current time as RFC 3339 in UTC with microseconds, e.g. `2026-12-04T23:21:47.296063Z`.
+struct Timestamp {
+    seconds: i64,
+    micros: u32,
+}
+
+thread_local! {
+    /// The date and time part of the last second formatted on this thread.
+    static FORMATTED_SECOND: std::cell::RefCell<(i64, String)> =
+        const { std::cell::RefCell::new((i64::MIN, String::new())) };
+}
+
+impl Timestamp {
+    fn now() -> Self {
+        let since_epoch = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        Timestamp {
+            seconds: i64::try_from(since_epoch.as_secs()).unwrap_or(i64::MAX),
+            micros: since_epoch.subsec_micros(),
+        }
+    }
+}
+
+impl Serialize for Timestamp {
+    /// Formats the date and time once per second and thread, and only the microseconds for
+    /// every line.
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        FORMATTED_SECOND.with(|cache| {
+            let mut cache = cache.borrow_mut();
+            if cache.0 != self.seconds {
+                let time = chrono::DateTime::from_timestamp(self.seconds, 0).unwrap_or_default();
+                cache.1 = time.format("%Y-%m-%dT%H:%M:%S").to_string();
+                cache.0 = self.seconds;
+            }
+            serializer.collect_str(&format_args!("{}.{:06}Z", cache.1, self.micros))
+        })
+    }
+}
+
 /// One access log line.
 #[derive(Serialize)]
 struct AccessRecord<'a> {
-    timestamp: String,
+    timestamp: Timestamp,
     request_id: Option<&'a str>,
     client: Option<String>,
     method: &'a str,
@@ -98,7 +138,7 @@ pub fn record(session: &Session, error: Option<&Error>, ctx: &RequestContext) {
         return;
     };
     let record = AccessRecord {
-        timestamp: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+        timestamp: Timestamp::now(),
         request_id: ctx.request_id.as_ref().and_then(|v| v.to_str().ok()),
         client: ctx.client_ip.map(|ip| ip.to_string()),
         method: request.method.as_str(),
@@ -119,5 +159,38 @@ pub fn record(session: &Session, error: Option<&Error>, ctx: &RequestContext) {
         // NonBlocking queues each write call as one message, so a line is never split. A
         // failed write (the writer thread is gone at exit) loses only this line.
         let _ = NonBlocking::clone(writer).write_all(&line);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamp_is_rfc3339_with_micros() {
+        let first = Timestamp {
+            seconds: 1_796_426_507,
+            micros: 42,
+        };
+        let same_second = Timestamp {
+            seconds: 1_796_426_507,
+            micros: 999_999,
+        };
+        let next_second = Timestamp {
+            seconds: 1_796_426_508,
+            micros: 0,
+        };
+        assert_eq!(
+            serde_json::to_string(&first).unwrap(),
+            "\"2026-12-04T23:21:47.000042Z\""
+        );
+        assert_eq!(
+            serde_json::to_string(&same_second).unwrap(),
+            "\"2026-12-04T23:21:47.999999Z\""
+        );
+        assert_eq!(
+            serde_json::to_string(&next_second).unwrap(),
+            "\"2026-12-04T23:21:48.000000Z\""
+        );
     }
 }

@@ -36,7 +36,7 @@ pub fn dispatch<'a>(
         path: &normalized,
         headers,
     };
-    let Some(route) = config.routes.iter().find(|r| r.matcher.matches(&facts)) else {
+    let Some(route) = config.route_index.first_match(&config.routes, &facts) else {
         return Ok(None);
     };
 

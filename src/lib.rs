@@ -23,6 +23,7 @@ pub mod metrics;
 pub mod path;
 pub mod proxy;
 pub mod reload;
+pub mod route_index;
 pub mod routing;
 pub mod server;
 pub mod upstream;

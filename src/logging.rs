@@ -17,6 +17,10 @@ use tracing_subscriber::Layer;
 /// a queue fill, further lines are dropped.
 const BUFFERED_LINES: usize = 100_000;
 
+/// Bytes collected by a writer thread before it writes them out, when lines arrive faster
+/// than one write(2) each.
+const WRITE_BUFFER: usize = 64 * 1024;
+
 static SERVER_WRITER: ArcSwapOption<NonBlocking> = ArcSwapOption::const_empty();
 
 /// Guards of the running writer threads; dropping one flushes its queue and stops the thread.
@@ -37,14 +41,22 @@ impl<'a> MakeWriter<'a> for ServerWriter {
 }
 
 fn start_writers() {
+    // The writer thread writes every queued line and then flushes, so under load many lines go
+    // out in one write(2), and a single line still goes out at once.
     let (access_writer, access_guard) = NonBlockingBuilder::default()
         .buffered_lines_limit(BUFFERED_LINES)
         .lossy(true)
-        .finish(std::io::stdout());
+        .finish(std::io::BufWriter::with_capacity(
+            WRITE_BUFFER,
+            std::io::stdout(),
+        ));
     let (server_writer, server_guard) = NonBlockingBuilder::default()
         .buffered_lines_limit(BUFFERED_LINES)
         .lossy(true)
-        .finish(std::io::stderr());
+        .finish(std::io::BufWriter::with_capacity(
+            WRITE_BUFFER,
+            std::io::stderr(),
+        ));
     crate::access_log::set_writer(access_writer);
     SERVER_WRITER.store(Some(Arc::new(server_writer)));
     let mut guards = GUARDS

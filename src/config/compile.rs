@@ -160,6 +160,8 @@ pub struct RuntimeConfig {
     pub timeouts: Timeouts,
     pub upstreams: Vec<Arc<Upstream>>,
     pub routes: Vec<Arc<Route>>,
+    /// Finds the first matching route in `routes` without trying each one.
+    pub route_index: crate::route_index::RouteIndex,
     /// Reload when the file changes (`reload.watch`), after `reload.debounce` of quiet.
     pub watch: Option<Duration>,
     /// Things that are valid but probably not what the operator meant, and settings that are
@@ -502,7 +504,9 @@ pub fn compile(
     }
     warnings.extend(shadowed_routes(&routes));
     let debounce = file.reload.debounce.map_or(DEFAULT_WATCH_DEBOUNCE, |d| d.0);
+    let route_index = crate::route_index::RouteIndex::build(&routes);
     Ok(RuntimeConfig {
+        route_index,
         watch: file.reload.watch.then_some(debounce),
         listeners,
         admin,
