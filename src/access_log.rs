@@ -63,12 +63,21 @@ impl Serialize for Timestamp {
     }
 }
 
+/// An IP address written into the line without an intermediate `String`.
+struct ClientAddress(std::net::IpAddr);
+
+impl Serialize for ClientAddress {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(&self.0)
+    }
+}
+
 /// One access log line.
 #[derive(Serialize)]
 struct AccessRecord<'a> {
     timestamp: Timestamp,
     request_id: Option<&'a str>,
-    client: Option<String>,
+    client: Option<ClientAddress>,
     method: &'a str,
     path: std::borrow::Cow<'a, str>,
     route: &'a str,
@@ -140,7 +149,7 @@ pub fn record(session: &Session, error: Option<&Error>, ctx: &RequestContext) {
     let record = AccessRecord {
         timestamp: Timestamp::now(),
         request_id: ctx.request_id.as_ref().and_then(|v| v.to_str().ok()),
-        client: ctx.client_ip.map(|ip| ip.to_string()),
+        client: ctx.client_ip.map(ClientAddress),
         method: request.method.as_str(),
         path: String::from_utf8_lossy(request.raw_path()),
         route,

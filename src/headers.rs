@@ -8,6 +8,13 @@ pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-fo
 pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The same names as sent on the wire. Pingora copies a `HeaderName` that it has no spelling
+/// for into a new buffer on every insert, and stores a `&'static str` without copying.
+pub const X_FORWARDED_FOR_TITLE: &str = "X-Forwarded-For";
+pub const X_FORWARDED_PROTO_TITLE: &str = "X-Forwarded-Proto";
+pub const X_FORWARDED_HOST_TITLE: &str = "X-Forwarded-Host";
+pub const X_REQUEST_ID_TITLE: &str = "X-Request-Id";
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 

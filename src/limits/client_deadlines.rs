@@ -35,7 +35,8 @@ enum Phase {
     Off,
     /// A kept-alive connection waiting for the first byte of its next request.
     AwaitingFirstByte,
-    Armed(Pin<Box<Sleep>>),
+    /// Reading a header under the timer in [`HeaderDeadline::sleep`].
+    Armed,
     /// The deadline fired; every further read fails.
     Expired,
 }
@@ -122,13 +123,17 @@ impl RequestDeadline {
     ) -> Option<io::Error> {
         let nanos = control.request_deadline.load(Ordering::Acquire);
         if nanos == 0 {
+            // The timer stays allocated for the next request; unpolled, it wakes nobody.
             self.armed_for = 0;
-            self.sleep = None;
             return None;
         }
         if self.armed_for != nanos {
             let deadline = clock_origin() + Duration::from_nanos(nanos);
-            self.sleep = Some(Box::pin(tokio::time::sleep_until(deadline)));
+            // The timer of an earlier request on this connection is reused.
+            match &mut self.sleep {
+                Some(sleep) => sleep.as_mut().reset(deadline),
+                None => self.sleep = Some(Box::pin(tokio::time::sleep_until(deadline))),
+            }
             self.armed_for = nanos;
         }
         let sleep = self.sleep.as_mut()?;
@@ -140,7 +145,6 @@ impl RequestDeadline {
             .request_deadline_fired
             .store(true, Ordering::Release);
         self.armed_for = 0;
-        self.sleep = None;
         Some(io::Error::new(
             io::ErrorKind::TimedOut,
             "the request did not complete within timeouts.request",
@@ -151,6 +155,8 @@ impl RequestDeadline {
 pub struct HeaderDeadline {
     timeout: Duration,
     phase: Phase,
+    /// The timer of the header being read, reset for each request of the connection.
+    sleep: Pin<Box<Sleep>>,
     progress: Arc<StreamControl>,
 }
 
@@ -167,7 +173,8 @@ impl HeaderDeadline {
     pub fn armed(timeout: Duration) -> Self {
         HeaderDeadline {
             timeout,
-            phase: Phase::Armed(Box::pin(tokio::time::sleep(timeout))),
+            phase: Phase::Armed,
+            sleep: Box::pin(tokio::time::sleep(timeout)),
             progress: Arc::new(StreamControl::default()),
         }
     }
@@ -177,6 +184,7 @@ impl HeaderDeadline {
         HeaderDeadline {
             timeout: Duration::ZERO,
             phase: Phase::Off,
+            sleep: Box::pin(tokio::time::sleep(Duration::ZERO)),
             progress: Arc::new(StreamControl::default()),
         }
     }
@@ -207,11 +215,13 @@ impl HeaderDeadline {
                 let before = buf.filled().len();
                 let result = Pin::new(inner).poll_read(cx, buf);
                 if matches!(result, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-                    self.phase = Phase::Armed(Box::pin(tokio::time::sleep(self.timeout)));
+                    self.sleep.as_mut().reset(Instant::now() + self.timeout);
+                    self.phase = Phase::Armed;
                 }
                 result
             }
-            Phase::Armed(sleep) => {
+            Phase::Armed => {
+                let sleep = &mut self.sleep;
                 let expired =
                     sleep.deadline() <= Instant::now() || sleep.as_mut().poll(cx).is_ready();
                 if !expired {

@@ -15,7 +15,8 @@ use crate::errors::{
 };
 use crate::headers::{
     generate_request_id, is_valid_request_id, remove_connection_nominated,
-    remove_unannounced_upgrade, X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO, X_REQUEST_ID,
+    remove_unannounced_upgrade, X_FORWARDED_FOR, X_FORWARDED_FOR_TITLE, X_FORWARDED_HOST,
+    X_FORWARDED_HOST_TITLE, X_FORWARDED_PROTO_TITLE, X_REQUEST_ID, X_REQUEST_ID_TITLE,
 };
 use crate::limits::client_deadlines::StreamControl;
 use crate::limits::connections::CountedStream;
@@ -34,6 +35,7 @@ use pingora_error::{Error, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use std::borrow::Cow;
+use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 pub use timeouts::record_outcome;
@@ -366,21 +368,21 @@ impl ProxyHttp for Gateway {
                 forwarded_for.extend_from_slice(value.as_bytes());
                 forwarded_for.extend_from_slice(b", ");
             }
-            forwarded_for.extend_from_slice(peer.ip().to_string().as_bytes());
+            write!(forwarded_for, "{}", peer.ip()).expect("writing to BytesMut cannot fail");
             let value = HeaderValue::from_maybe_shared(forwarded_for.freeze())
                 .map_err(|_| Error::explain(ErrorType::InvalidHTTPHeader, "bad X-Forwarded-For"))?;
-            upstream_request.insert_header(X_FORWARDED_FOR.clone(), value)?;
+            upstream_request.insert_header(X_FORWARDED_FOR_TITLE, value)?;
         }
         let proto = if is_tls(session) { "https" } else { "http" };
-        upstream_request.insert_header(X_FORWARDED_PROTO.clone(), proto)?;
+        upstream_request.insert_header(X_FORWARDED_PROTO_TITLE, proto)?;
         match session.req_header().headers.get(header::HOST).cloned() {
-            Some(host) => upstream_request.insert_header(X_FORWARDED_HOST.clone(), host)?,
+            Some(host) => upstream_request.insert_header(X_FORWARDED_HOST_TITLE, host)?,
             None => {
                 upstream_request.remove_header(&X_FORWARDED_HOST);
             }
         }
         if let Some(id) = &ctx.request_id {
-            upstream_request.insert_header(X_REQUEST_ID.clone(), id.clone())?;
+            upstream_request.insert_header(X_REQUEST_ID_TITLE, id.clone())?;
         }
         route.request_headers.apply_to_request(upstream_request);
         ctx.upstream_sent_at = Some(Instant::now());
@@ -465,7 +467,7 @@ impl ProxyHttp for Gateway {
             route.response_headers.apply_to_response(response);
         }
         if let Some(id) = &ctx.request_id {
-            response.insert_header(X_REQUEST_ID.clone(), id.clone())?;
+            response.insert_header(X_REQUEST_ID_TITLE, id.clone())?;
         }
         Ok(())
     }
