@@ -4,8 +4,9 @@
 //! Routes with an exact `path` are looked up by that path, and routes with a `path_prefix` by
 //! each segment prefix of the request path (`/`, `/a`, `/a/b` for `/a/b`), so a lookup makes
 //! one hash lookup per path segment. Routes without a path condition or with a `path_regex`
-//! are candidates for every request. The candidates are visited in file order and the first
-//! whose whole `match` holds wins, which gives the same route as trying every route in order.
+//! are candidates for every request. The candidates are visited in file order, and the first
+//! whose whole `match` applies wins, so the result is the route that trying every route in
+//! order would find.
 //! A request still tries every candidate of its path, so many routes on one path (differing
 //! only by host, say) are tried one by one.
 

@@ -123,7 +123,8 @@ impl RequestDeadline {
     ) -> Option<io::Error> {
         let nanos = control.request_deadline.load(Ordering::Acquire);
         if nanos == 0 {
-            // The timer stays allocated for the next request; unpolled, it wakes nobody.
+            // The timer stays allocated for the next request. If it was polled, it still fires
+            // at its old deadline, which costs the connection's task one spurious wakeup.
             self.armed_for = 0;
             return None;
         }
