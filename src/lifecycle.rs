@@ -56,6 +56,8 @@ impl Lifecycle {
 /// Pingora's shutdown signal source, recording which signal arrived in a [`Lifecycle`].
 pub struct Signals {
     pub lifecycle: Arc<Lifecycle>,
+    /// The Unix socket on which a process started with `--upgrade` waits for the listeners.
+    pub upgrade_sock: std::path::PathBuf,
 }
 
 #[async_trait]
@@ -67,23 +69,61 @@ impl ShutdownSignalWatch for Signals {
         let mut quit = register(SignalKind::quit(), "SIGQUIT");
         let mut terminate = register(SignalKind::terminate(), "SIGTERM");
         let mut interrupt = register(SignalKind::interrupt(), "SIGINT");
-        tokio::select! {
-            _ = quit.recv() => {
-                tracing::info!("SIGQUIT received: handing the listening sockets to the new process");
-                self.lifecycle.set(Phase::Upgrading);
-                ShutdownSignal::GracefulUpgrade
-            }
-            _ = terminate.recv() => {
-                tracing::info!("SIGTERM received: draining; /readyz now returns 503");
-                self.lifecycle.set(Phase::Draining);
-                ShutdownSignal::GracefulTerminate
-            }
-            _ = interrupt.recv() => {
-                tracing::info!("SIGINT received: stopping now");
-                ShutdownSignal::FastShutdown
+        loop {
+            tokio::select! {
+                _ = quit.recv() => {
+                    // Pingora would stop serving even when no new process takes the sockets.
+                    if !unix_socket_listening(&self.upgrade_sock) {
+                        tracing::error!(
+                            upgrade_sock = %self.upgrade_sock.display(),
+                            "SIGQUIT ignored: no process started with --upgrade is waiting on the \
+                             upgrade socket; start the new process first"
+                        );
+                        continue;
+                    }
+                    tracing::info!("SIGQUIT received: handing the listening sockets to the new process");
+                    self.lifecycle.set(Phase::Upgrading);
+                    return ShutdownSignal::GracefulUpgrade;
+                }
+                _ = terminate.recv() => {
+                    tracing::info!("SIGTERM received: draining; /readyz now returns 503");
+                    self.lifecycle.set(Phase::Draining);
+                    return ShutdownSignal::GracefulTerminate;
+                }
+                _ = interrupt.recv() => {
+                    tracing::info!("SIGINT received: stopping now");
+                    return ShutdownSignal::FastShutdown;
+                }
             }
         }
     }
+}
+
+/// Checks `/proc/net/unix` for a listening socket bound to `path`, without connecting to it:
+/// a connection would be taken for the hand-over itself.
+fn unix_socket_listening(path: &std::path::Path) -> bool {
+    /// `__SO_ACCEPTCON` in the Flags column marks a listening socket.
+    const ACCEPTING: u32 = 0x0001_0000;
+    let Ok(table) = std::fs::read_to_string("/proc/net/unix") else {
+        // Without the table, let Pingora try the hand-over as it would.
+        return true;
+    };
+    // The table shows the path as the new process passed it to bind(2), which may be relative
+    // to its own working directory, so a listening socket with the same file name counts
+    // while the socket file exists.
+    if !path.exists() {
+        return false;
+    }
+    let file_name = path.file_name();
+    table.lines().skip(1).any(|line| {
+        let columns: Vec<&str> = line.split_whitespace().collect();
+        let flags = columns
+            .get(3)
+            .and_then(|f| u32::from_str_radix(f, 16).ok())
+            .unwrap_or(0);
+        let bound = columns.get(7).map(std::path::Path::new);
+        flags & ACCEPTING != 0 && bound.is_some_and(|b| b == path || b.file_name() == file_name)
+    })
 }
 
 /// Ends the process once a graceful shutdown has no client connection left.
@@ -98,6 +138,8 @@ pub struct DrainService {
 impl BackgroundService for DrainService {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         if self.daemon {
+            // Also done by the first server log line after the fork; the access log relies on
+            // this call.
             crate::logging::restart_writers_after_fork();
         }
         while !*shutdown.borrow() {
@@ -105,6 +147,21 @@ impl BackgroundService for DrainService {
                 return;
             }
         }
+        // Pingora stops listening for signals once one has started the shutdown, so SIGINT
+        // and SIGTERM during the drain are handled here.
+        let mut interrupt = signal(SignalKind::interrupt()).ok();
+        let mut terminate = signal(SignalKind::terminate()).ok();
+        let forced = async {
+            loop {
+                tokio::select! {
+                    Some(()) = async { interrupt.as_mut()?.recv().await } => return,
+                    Some(()) = async { terminate.as_mut()?.recv().await } => {
+                        tracing::info!("SIGTERM received again: still draining; send SIGINT to stop now");
+                    }
+                    else => return std::future::pending().await,
+                }
+            }
+        };
         tracing::info!(
             open_connections = self.connections.open(),
             grace_period = ?self.grace_period,
@@ -116,10 +173,18 @@ impl BackgroundService for DrainService {
             self.connections.wait_until_listeners_closed().await;
             self.connections.wait_until_all_closed().await;
         };
-        if tokio::time::timeout(self.grace_period, drained)
-            .await
-            .is_err()
-        {
+        let outcome = tokio::select! {
+            finished = tokio::time::timeout(self.grace_period, drained) => finished,
+            () = forced => {
+                tracing::info!(
+                    open_connections = self.connections.open(),
+                    "SIGINT received during the drain: stopping now"
+                );
+                crate::logging::flush();
+                std::process::exit(0);
+            }
+        };
+        if outcome.is_err() {
             tracing::warn!(
                 open_connections = self.connections.open(),
                 "grace period over; closing the remaining client connections"

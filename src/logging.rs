@@ -5,6 +5,7 @@
 //! threads can be started again in a forked daemon, which inherits none of them.
 
 use arc_swap::ArcSwapOption;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use tracing_appender::non_blocking::{NonBlocking, NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::filter::EnvFilter;
@@ -26,6 +27,9 @@ static SERVER_WRITER: ArcSwapOption<NonBlocking> = ArcSwapOption::const_empty();
 /// Guards of the running writer threads; dropping one flushes its queue and stops the thread.
 static GUARDS: Mutex<Vec<WorkerGuard>> = Mutex::new(Vec::new());
 
+/// The process that started the writer threads. A forked daemon has none of them.
+static WRITERS_PID: AtomicU32 = AtomicU32::new(0);
+
 /// The server log's writer, looked up per event so that it can be replaced after a fork.
 struct ServerWriter;
 
@@ -33,6 +37,7 @@ impl<'a> MakeWriter<'a> for ServerWriter {
     type Writer = Box<dyn std::io::Write + 'a>;
 
     fn make_writer(&'a self) -> Self::Writer {
+        restart_writers_after_fork();
         match SERVER_WRITER.load_full() {
             Some(writer) => Box::new(NonBlocking::clone(&writer)),
             None => Box::new(std::io::sink()),
@@ -41,6 +46,7 @@ impl<'a> MakeWriter<'a> for ServerWriter {
 }
 
 fn start_writers() {
+    WRITERS_PID.store(std::process::id(), Ordering::Release);
     // The writer thread writes every queued line and then flushes, so under load many lines go
     // out in one write(2), and a single line still goes out at once.
     let (access_writer, access_guard) = NonBlockingBuilder::default()
@@ -83,11 +89,22 @@ pub fn init() {
 }
 
 /// Starts new writer threads in a forked daemon, whose parent's threads did not survive the
-/// fork. Lines logged between the fork and this call are lost.
+/// fork. Does nothing in the process that started them. The server log calls it for every
+/// event, so its first line after the fork restarts the writers.
 pub fn restart_writers_after_fork() {
-    let inherited = std::mem::take(&mut *GUARDS.lock().unwrap_or_else(|p| p.into_inner()));
+    let started_by = WRITERS_PID.load(Ordering::Acquire);
+    if started_by == 0 || started_by == std::process::id() {
+        return;
+    }
+    let mut guards = GUARDS.lock().unwrap_or_else(|p| p.into_inner());
+    // Another thread may have restarted them while this one waited for the lock.
+    if WRITERS_PID.load(Ordering::Acquire) == std::process::id() {
+        return;
+    }
     // Dropping these guards would wait for threads that do not exist in this process.
-    std::mem::forget(inherited);
+    std::mem::forget(std::mem::take(&mut *guards));
+    WRITERS_PID.store(std::process::id(), Ordering::Release);
+    drop(guards);
     start_writers();
 }
 

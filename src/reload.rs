@@ -22,6 +22,9 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 
+/// How often the watched file's content and directory are compared besides inotify events.
+const RECHECK_INTERVAL: Duration = Duration::from_secs(5);
+
 pub struct ReloadService {
     pub path: PathBuf,
     pub config: Arc<ArcSwap<RuntimeConfig>>,
@@ -30,41 +33,68 @@ pub struct ReloadService {
     pub readiness: Arc<crate::admin::Readiness>,
     /// Incremented after every swap, for the services that follow the config.
     pub changes: watch::Sender<u64>,
+    /// The start-only settings of the running process, which reloads cannot change.
+    pub started_with: StartSettings,
 }
 
-/// Names the settings that differ between two configs but only take effect at start.
-fn settings_needing_restart(old: &RuntimeConfig, new: &RuntimeConfig) -> Vec<&'static str> {
-    let mut changed = Vec::new();
-    // Listener addresses and certificate paths. A certificate file rewritten in place under
-    // the same path is not detected.
-    let describe = |config: &RuntimeConfig| -> Vec<_> {
-        config
-            .listeners
-            .iter()
-            .map(|l| {
-                (
-                    l.addr,
-                    l.tls.as_ref().map(|t| (t.cert.clone(), t.key.clone())),
-                )
-            })
-            .collect()
-    };
-    if describe(old) != describe(new) {
-        changed.push("listen");
+/// The settings that take effect only when the process starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StartSettings {
+    /// Listener addresses and certificate paths. A certificate rewritten in place under the
+    /// same path is not detected.
+    listen: Vec<(std::net::SocketAddr, Option<(PathBuf, PathBuf)>)>,
+    admin: Option<std::net::SocketAddr>,
+    threads: usize,
+    max_connections: Option<u64>,
+    grace_period: Duration,
+    /// Sum of the upstreams' `keepalive.max_idle`, which sizes Pingora's connection pool.
+    pool_size: usize,
+}
+
+impl StartSettings {
+    pub fn of(config: &RuntimeConfig) -> Self {
+        StartSettings {
+            listen: config
+                .listeners
+                .iter()
+                .map(|l| {
+                    (
+                        l.addr,
+                        l.tls.as_ref().map(|t| (t.cert.clone(), t.key.clone())),
+                    )
+                })
+                .collect(),
+            admin: config.admin,
+            threads: config.threads,
+            max_connections: config.max_connections,
+            grace_period: config.grace_period,
+            pool_size: config.upstreams.iter().map(|u| u.keepalive_max_idle).sum(),
+        }
     }
-    if old.admin != new.admin {
-        changed.push("admin.address");
+
+    /// Names the settings of `new` that differ from these.
+    fn differences(&self, new: &StartSettings) -> Vec<&'static str> {
+        let mut changed = Vec::new();
+        if self.listen != new.listen {
+            changed.push("listen");
+        }
+        if self.admin != new.admin {
+            changed.push("admin.address");
+        }
+        if self.threads != new.threads {
+            changed.push("server.threads");
+        }
+        if self.max_connections != new.max_connections {
+            changed.push("limits.max_connections");
+        }
+        if self.grace_period != new.grace_period {
+            changed.push("server.grace_period");
+        }
+        if self.pool_size != new.pool_size {
+            changed.push("keepalive.max_idle (summed over upstreams)");
+        }
+        changed
     }
-    if old.threads != new.threads {
-        changed.push("server.threads");
-    }
-    if old.max_connections != new.max_connections {
-        changed.push("limits.max_connections");
-    }
-    if old.grace_period != new.grace_period {
-        changed.push("server.grace_period");
-    }
-    changed
 }
 
 impl ReloadService {
@@ -74,10 +104,10 @@ impl ReloadService {
         let old = self.config.load_full();
         match load_file_inheriting(&self.path, Some(&old)) {
             Ok(new) => {
-                for setting in settings_needing_restart(&old, &new) {
+                for setting in self.started_with.differences(&StartSettings::of(&new)) {
                     tracing::warn!(
                         setting,
-                        "config reload: this setting changed but takes effect only after a restart"
+                        "config reload: this setting differs from the running process's and takes effect only after a restart or graceful upgrade"
                     );
                 }
                 for warning in &new.warnings {
@@ -123,8 +153,11 @@ impl BackgroundService for ReloadService {
             tokio::select! {
                 Some(()) = async { hangup.as_mut()?.recv().await } => {
                     tracing::info!("SIGHUP received: reloading the config");
+                    // Hashed before the load reads the file, so a write in between is seen
+                    // as a change afterwards instead of being taken as handled.
+                    let content = watcher.content_hash();
                     self.reload();
-                    watcher.remember_content();
+                    watcher.last_content = content;
                 }
                 () = watcher.changed() => {
                     tracing::info!(path = %self.path.display(), "config file changed: reloading");
@@ -138,9 +171,17 @@ impl BackgroundService for ReloadService {
 
 /// Watches the config file while `reload.watch` is on, and reports content changes once
 /// they have been quiet for the debounce time.
+///
+/// Every `RECHECK_INTERVAL` it also compares the content, and watches the directory again if
+/// the path now leads to another directory. That catches what inotify on one directory misses:
+/// a replaced directory, or a symbolic link switched higher up the path, within that interval.
 struct FileWatcher {
     path: PathBuf,
     watch: Option<DirectoryWatch>,
+    /// Device and inode of the directory being watched.
+    watched_directory: Option<(u64, u64)>,
+    /// Whether the missing file has been logged, so it is logged once.
+    missing_logged: bool,
     debounce: Duration,
     /// Hash of the content last loaded or rejected, so an unchanged file is not loaded again.
     last_content: Option<u64>,
@@ -151,6 +192,8 @@ impl FileWatcher {
         let mut watcher = FileWatcher {
             path,
             watch: None,
+            watched_directory: None,
+            missing_logged: false,
             debounce: Duration::ZERO,
             last_content: None,
         };
@@ -181,6 +224,7 @@ impl FileWatcher {
                         Ok(watch) => {
                             tracing::info!(path = %self.path.display(), "watching the config file for changes");
                             self.watch = Some(watch);
+                            self.watched_directory = self.directory_identity();
                         }
                         Err(e) => {
                             tracing::error!(path = %self.path.display(), error = %e, "cannot watch the config file; reload with SIGHUP instead");
@@ -196,25 +240,55 @@ impl FileWatcher {
         }
     }
 
+    /// Device and inode of the directory the path leads to now, following symbolic links.
+    fn directory_identity(&self) -> Option<(u64, u64)> {
+        use std::os::unix::fs::MetadataExt;
+        let directory = self.path.parent()?;
+        let metadata = std::fs::metadata(directory).ok()?;
+        Some((metadata.dev(), metadata.ino()))
+    }
+
     /// Waits for a change of the file's content that has been quiet for the debounce time.
     /// Never returns while the file is not watched.
     async fn changed(&mut self) {
+        let mut recheck = tokio::time::interval(RECHECK_INTERVAL);
+        recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        recheck.reset();
         loop {
             let Some(watch) = &self.watch else {
                 return std::future::pending().await;
             };
-            if let Err(e) = watch.changed().await {
-                tracing::error!(error = %e, "config file watch failed; reload with SIGHUP instead");
-                self.watch = None;
+            tokio::select! {
+                event = watch.changed() => {
+                    if let Err(e) = event {
+                        tracing::error!(error = %e, "config file watch failed; reload with SIGHUP instead");
+                        self.watch = None;
+                        continue;
+                    }
+                    // Wait until no event has arrived for the debounce time.
+                    while matches!(
+                        tokio::time::timeout(self.debounce, watch.changed()).await,
+                        Ok(Ok(()))
+                    ) {}
+                }
+                _ = recheck.tick() => {
+                    if self.directory_identity() != self.watched_directory {
+                        tracing::info!(path = %self.path.display(), "the config file's directory changed; watching the new one");
+                        self.watch = None;
+                        self.follow(Some(self.debounce));
+                    }
+                }
+            }
+            let content = self.content_hash();
+            if content.is_none() {
+                if !self.missing_logged {
+                    tracing::warn!(path = %self.path.display(), "config file missing or unreadable; the running config stays");
+                    self.missing_logged = true;
+                }
                 continue;
             }
-            // Wait until no event has arrived for the debounce time.
-            while matches!(
-                tokio::time::timeout(self.debounce, watch.changed()).await,
-                Ok(Ok(()))
-            ) {}
-            let content = self.content_hash();
-            if content.is_some() && content != self.last_content {
+            self.missing_logged = false;
+            if content != self.last_content {
                 self.last_content = content;
                 return;
             }

@@ -153,7 +153,9 @@ pub fn run(config: RuntimeConfig, options: ProcessOptions) {
     }
     server.add_service(proxy);
 
+    let started_with = crate::reload::StartSettings::of(&shared.load());
     let reload = ReloadService {
+        started_with,
         path: options.config_path.clone(),
         config: shared_for_reload,
         readiness: readiness.clone(),
@@ -200,7 +202,10 @@ pub fn run(config: RuntimeConfig, options: ProcessOptions) {
     }
 
     server.run(RunArgs {
-        shutdown_signal: Box::new(Signals { lifecycle }),
+        shutdown_signal: Box::new(Signals {
+            lifecycle,
+            upgrade_sock: options.upgrade_sock.clone().into(),
+        }),
     });
     tracing::info!("gatehouse stopped");
 }

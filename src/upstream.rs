@@ -201,6 +201,11 @@ impl Upstream {
         }
     }
 
+    /// Checks whether at least one target may receive traffic.
+    pub fn has_healthy_target(&self) -> bool {
+        self.targets.iter().any(|t| t.state.is_healthy())
+    }
+
     /// Builds the peer for a connection to `target`, with this upstream's TLS settings and
     /// pool idle timeout. Timeouts of the exchange are left to the caller.
     pub fn peer(&self, target: &Target) -> pingora_core::upstreams::peer::HttpPeer {

@@ -173,6 +173,11 @@ async fn no_healthy_target_gives_503_until_recovery() {
         response.header("x-request-id").is_some(),
         "the 503 carries X-Request-Id"
     );
+    assert!(
+        !gateway.stderr().contains("Fail to proxy"),
+        "a 503 for a down upstream is not logged as an error per request:\n{}",
+        gateway.stderr()
+    );
 
     only.set_health(200);
     wait_for_health(&gateway, only.addr, 1.0).await;

@@ -805,3 +805,67 @@ async fn sigint_exits_without_draining() {
         outcome.map(|r| r.status)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigquit_without_new_process_keeps_serving() {
+    let one = EchoBackend::start("one").await;
+    let two = EchoBackend::start("two").await;
+    let args = ["--upgrade-sock", "{dir}/upgrade.sock"];
+    let mut gateway = Gateway::start_with_args(&table("A", "one", &one, &two, ""), &args).await;
+
+    gateway.signal(libc::SIGQUIT);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !gateway.stderr().contains("SIGQUIT ignored") {
+        assert!(
+            Instant::now() < deadline,
+            "the ignored SIGQUIT is logged:\n{}",
+            gateway.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Pingora would have stopped the listeners 5 s after a SIGQUIT; wait past that.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert!(
+        gateway.wait_for_exit(Duration::ZERO).await.is_none(),
+        "the process still runs"
+    );
+    assert_eq!(gateway.get("/table").await.status, 200, "still serving");
+    assert_eq!(gateway.readyz().await, Some(200), "still ready");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigint_during_drain_exits_at_once() {
+    let backend = DelayedBackend::start(Duration::from_secs(30)).await;
+    let yaml = format!(
+        "listen:\n  - address: \"{{listen}}\"\nadmin:\n  address: \"{{admin}}\"\n\
+         server:\n  grace_period: 20s\nupstreams:\n  - name: slow\n    \
+         targets: [{{ address: \"{}\" }}]\nroutes:\n  - name: slow\n    \
+         match: {{ path_prefix: / }}\n    upstream: slow\n",
+        backend.addr
+    );
+    let mut gateway = Gateway::start(&yaml).await;
+    let listen = gateway.listen_addr();
+    let _pending = tokio::spawn(async move { send(listen, &Request::get("/slow")).await });
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while backend.received.load(Ordering::SeqCst) < 1 {
+        assert!(Instant::now() < deadline, "the backend got the request");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    gateway.signal(libc::SIGTERM);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while gateway.readyz().await != Some(503) {
+        assert!(Instant::now() < deadline, "draining");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    let signalled = Instant::now();
+    gateway.signal(libc::SIGINT);
+    let status = gateway.wait_for_exit(Duration::from_secs(10)).await;
+    let exited_after = signalled.elapsed();
+    assert_eq!(status.and_then(|s| s.code()), Some(0), "exit code");
+    // Tolerance: 2 s; the drain alone would last until the 20 s grace period ends.
+    assert!(
+        exited_after < Duration::from_secs(2),
+        "SIGINT ends the drain; the exit took {exited_after:?}"
+    );
+}

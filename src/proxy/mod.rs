@@ -199,6 +199,23 @@ impl ProxyHttp for Gateway {
         }
         match decision {
             Decision::Proxy => {
+                // Answered here rather than by failing `upstream_peer`, where Pingora would
+                // log an error for every request while the upstream is down.
+                if ctx
+                    .upstream
+                    .as_ref()
+                    .is_some_and(|u| !u.has_healthy_target())
+                {
+                    let close = !session.is_body_empty();
+                    write_error(
+                        session,
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        ctx.request_id.as_ref(),
+                        close,
+                    )
+                    .await?;
+                    return Ok(true);
+                }
                 let route = ctx.route.as_ref().expect("a proxied request has a route");
                 let deadline = ctx.started + route.timeouts.request;
                 ctx.request_deadline = Some(deadline);
