@@ -147,21 +147,7 @@ impl BackgroundService for DrainService {
                 return;
             }
         }
-        // Pingora stops listening for signals once one has started the shutdown, so SIGINT
-        // and SIGTERM during the drain are handled here.
-        let mut interrupt = signal(SignalKind::interrupt()).ok();
-        let mut terminate = signal(SignalKind::terminate()).ok();
-        let forced = async {
-            loop {
-                tokio::select! {
-                    Some(()) = async { interrupt.as_mut()?.recv().await } => return,
-                    Some(()) = async { terminate.as_mut()?.recv().await } => {
-                        tracing::info!("SIGTERM received again: still draining; send SIGINT to stop now");
-                    }
-                    else => return std::future::pending().await,
-                }
-            }
-        };
+        let forced = sigint_during_drain();
         tracing::info!(
             open_connections = self.connections.open(),
             grace_period = ?self.grace_period,
@@ -173,6 +159,7 @@ impl BackgroundService for DrainService {
             self.connections.wait_until_listeners_closed().await;
             self.connections.wait_until_all_closed().await;
         };
+
         let outcome = tokio::select! {
             finished = tokio::time::timeout(self.grace_period, drained) => finished,
             () = forced => {
@@ -184,6 +171,7 @@ impl BackgroundService for DrainService {
                 std::process::exit(0);
             }
         };
+
         if outcome.is_err() {
             tracing::warn!(
                 open_connections = self.connections.open(),
@@ -195,5 +183,21 @@ impl BackgroundService for DrainService {
         tracing::info!("all client connections closed; exiting");
         crate::logging::flush();
         std::process::exit(0);
+    }
+}
+
+/// Returns when SIGINT arrives, and logs every further SIGTERM. Pingora stops listening for
+/// signals once one has started the shutdown, so the drain listens itself.
+async fn sigint_during_drain() {
+    let mut interrupt = signal(SignalKind::interrupt()).ok();
+    let mut terminate = signal(SignalKind::terminate()).ok();
+    loop {
+        tokio::select! {
+            Some(()) = async { interrupt.as_mut()?.recv().await } => return,
+            Some(()) = async { terminate.as_mut()?.recv().await } => {
+                tracing::info!("SIGTERM received again: still draining; send SIGINT to stop now");
+            }
+            else => return std::future::pending().await,
+        }
     }
 }
