@@ -490,8 +490,8 @@ pub fn compile(
             c.error(
                 "reload.debounce",
                 format!(
-                    "invalid debounce \"{}ms\": must be at most 10s",
-                    debounce.0.as_millis()
+                    "invalid debounce \"{}\": must be at most 10s",
+                    super::units::format_duration(debounce.0)
                 ),
             );
         } else if !file.reload.watch {

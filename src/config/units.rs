@@ -22,6 +22,16 @@ pub struct AddressValue {
     pub addr: SocketAddr,
 }
 
+/// Formats a duration the way the config file writes it: whole seconds as `2s`, anything
+/// else as `250ms`.
+pub fn format_duration(d: Duration) -> String {
+    if d.subsec_millis() != 0 || d.as_secs() == 0 {
+        format!("{}ms", d.as_millis())
+    } else {
+        format!("{}s", d.as_secs())
+    }
+}
+
 /// Parses `250ms`, `2s`, `1m` or `1h` into a [`Duration`].
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let digits_end = text

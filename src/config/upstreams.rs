@@ -2,6 +2,7 @@
 
 use super::compile::Checker;
 use super::file::{Balance, UpstreamFile};
+use super::units::format_duration;
 use crate::health::HealthCheck;
 use crate::upstream::{HashKey, Target, TargetState, Upstream, UpstreamTls};
 use http::HeaderName;
@@ -224,8 +225,8 @@ pub(super) fn compile_upstream(
                 format!("{path}.health_check.timeout"),
                 format!(
                     "invalid timeout \"{}\": must not exceed the interval ({})",
-                    humanize(hc.timeout),
-                    humanize(hc.interval)
+                    format_duration(hc.timeout),
+                    format_duration(hc.interval)
                 ),
             );
         }
@@ -281,12 +282,3 @@ const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(5);
 const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
 const DEFAULT_HEALTHY: u32 = 2;
 const DEFAULT_UNHEALTHY: u32 = 3;
-
-/// Formats a duration the way the config file writes it.
-fn humanize(d: Duration) -> String {
-    if d.subsec_millis() != 0 || d.as_secs() == 0 {
-        format!("{}ms", d.as_millis())
-    } else {
-        format!("{}s", d.as_secs())
-    }
-}
