@@ -130,18 +130,14 @@ fn unix_socket_listening(path: &std::path::Path) -> bool {
 pub struct DrainService {
     pub connections: Arc<ConnectionTracker>,
     pub grace_period: Duration,
-    /// Whether the process was daemonized, so its log writer threads need a restart.
-    pub daemon: bool,
 }
 
 #[async_trait]
 impl BackgroundService for DrainService {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        if self.daemon {
-            // Also done by the first server log line after the fork; the access log relies on
-            // this call.
-            crate::logging::restart_writers_after_fork();
-        }
+        // In a daemon, Pingora has forked by now. The first server log line after the fork
+        // also restarts the writers, but the access log relies on this call.
+        crate::logging::restart_writers_after_fork();
         while !*shutdown.borrow() {
             if shutdown.changed().await.is_err() {
                 return;

@@ -170,7 +170,6 @@ pub fn run(config: RuntimeConfig, options: ProcessOptions) {
     let drain = DrainService {
         connections: tracker,
         grace_period,
-        daemon: options.daemon,
     };
     server.add_service(background_service("drain", drain));
     // Export both reload counters from the start, at 0, so dashboards and alerts can rely on
