@@ -4,7 +4,7 @@
 //! It is not a Pingora listening service, because Pingora closes those when a graceful
 //! shutdown starts, and `/readyz` must keep returning 503 while the process drains. Its socket
 //! is bound with `SO_REUSEPORT`, so the new process of a graceful upgrade can bind the same
-//! address while the old one still serves; the old process closes its admin listener when it
+//! address while the old one still serves. The old process closes its admin listener when it
 //! starts draining after the hand-over.
 
 use crate::lifecycle::{Lifecycle, Phase};

@@ -2,10 +2,10 @@
 //!
 //! The directory is watched rather than the file, because editors and deployment tools
 //! replace a file by renaming a new one over it, and Kubernetes swaps a ConfigMap volume's
-//! `..data` symbolic link. Neither changes the old file's inode, so a watch on it stays silent. Events count when
-//! they name the file itself or an entry starting with `..` (the ConfigMap links), so log files
-//! written in the same directory do not; the caller compares the file's content to decide
-//! whether to reload.
+//! `..data` symbolic link. Both leave the old file's inode untouched, so a watch on it stays
+//! silent. Events count when they name the file itself or an entry starting with `..` (the
+//! ConfigMap links), so log files written in the same directory do not. The caller compares
+//! the file's content to decide whether to reload.
 
 use std::ffi::{CString, OsString};
 use std::io;

@@ -197,13 +197,7 @@ async fn reload_keeps_target_health() {
     let extra = "  - name: other\n    match: { path: /other }\n    respond: { status: 200 }\n";
     gateway.write_config(&config(&[&sick], checks, extra));
     gateway.signal(libc::SIGHUP);
-    let reloads = gateway
-        .wait_for_metric(
-            "gatehouse_config_reloads_total",
-            &[("result", "success")],
-            1.0,
-        )
-        .await;
+    let reloads = gateway.wait_for_reloads("success", 1).await;
     assert_eq!(reloads, Some(1.0), "the reload happened");
     assert_eq!(
         gateway.get("/other").await.status,
@@ -286,13 +280,7 @@ routes:
     let extra = "  - name: other\n    match: { path: /other }\n    respond: { status: 200 }\n";
     gateway.write_config(&limited(3, extra));
     gateway.signal(libc::SIGHUP);
-    let reloads = gateway
-        .wait_for_metric(
-            "gatehouse_config_reloads_total",
-            &[("result", "success")],
-            1.0,
-        )
-        .await;
+    let reloads = gateway.wait_for_reloads("success", 1).await;
     assert_eq!(reloads, Some(1.0), "first reload");
     assert_eq!(
         gateway.get("/other").await.status,
@@ -308,13 +296,7 @@ routes:
     // A changed limit starts a new budget.
     gateway.write_config(&limited(4, extra));
     gateway.signal(libc::SIGHUP);
-    let reloads = gateway
-        .wait_for_metric(
-            "gatehouse_config_reloads_total",
-            &[("result", "success")],
-            2.0,
-        )
-        .await;
+    let reloads = gateway.wait_for_reloads("success", 2).await;
     assert_eq!(reloads, Some(2.0), "second reload");
     assert_eq!(
         gateway.get("/limited").await.status,

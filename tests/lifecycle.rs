@@ -190,13 +190,7 @@ async fn fifty_reloads_under_load() {
         slowest < Duration::from_secs(1),
         "every table applies within 1 s; the slowest took {slowest:?}"
     );
-    let reloads = gateway
-        .wait_for_metric(
-            "gatehouse_config_reloads_total",
-            &[("result", "success")],
-            50.0,
-        )
-        .await;
+    let reloads = gateway.wait_for_reloads("success", 50).await;
     assert_eq!(reloads, Some(50.0), "successful reloads counted");
 }
 
@@ -252,13 +246,7 @@ async fn invalid_reload_under_load_changes_nothing() {
     // A route naming an unknown upstream.
     gateway.write_config(&table_a.replace("upstream: one", "upstream: three"));
     gateway.signal(libc::SIGHUP);
-    let failures = gateway
-        .wait_for_metric(
-            "gatehouse_config_reloads_total",
-            &[("result", "failure")],
-            1.0,
-        )
-        .await;
+    let failures = gateway.wait_for_reloads("failure", 1).await;
     assert_eq!(
         failures,
         Some(1.0),
@@ -268,13 +256,7 @@ async fn invalid_reload_under_load_changes_nothing() {
     // A missing file.
     std::fs::remove_file(gateway.config_path()).expect("remove the config file");
     gateway.signal(libc::SIGHUP);
-    let failures = gateway
-        .wait_for_metric(
-            "gatehouse_config_reloads_total",
-            &[("result", "failure")],
-            2.0,
-        )
-        .await;
+    let failures = gateway.wait_for_reloads("failure", 2).await;
     assert_eq!(
         failures,
         Some(2.0),
@@ -442,13 +424,7 @@ routes:
     // The new table has neither route.
     gateway.write_config(without_routes);
     gateway.signal(libc::SIGHUP);
-    let reloads = gateway
-        .wait_for_metric(
-            "gatehouse_config_reloads_total",
-            &[("result", "success")],
-            1.0,
-        )
-        .await;
+    let reloads = gateway.wait_for_reloads("success", 1).await;
     assert_eq!(reloads, Some(1.0), "the reload happened");
     assert_eq!(
         gateway.get("/stream").await.status,
@@ -517,10 +493,9 @@ impl Drop for DelayedBackend {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn sigterm_finishes_in_flight_requests() {
-    let backend = DelayedBackend::start(Duration::from_secs(1)).await;
-    let yaml = format!(
+/// Returns a config that sends every request to `backend`, with a 20 s grace period.
+fn slow_backend_config(backend: &DelayedBackend) -> String {
+    format!(
         r#"
 listen:
   - address: "{{listen}}"
@@ -537,7 +512,13 @@ routes:
     upstream: slow
 "#,
         backend.addr
-    );
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_finishes_in_flight_requests() {
+    let backend = DelayedBackend::start(Duration::from_secs(1)).await;
+    let yaml = slow_backend_config(&backend);
     let mut gateway = Gateway::start(&yaml).await;
     let listen = gateway.listen_addr();
     let requests: Vec<_> = (0..20)
@@ -699,7 +680,7 @@ async fn thousand_reloads_keep_memory_bounded() {
     // Reload until the allocator has reached its working size, then measure.
     for _ in 0..100 {
         let expected = reload(&gateway);
-        wait_for_reloads(&gateway, expected).await;
+        wait_for_success_count(&gateway, expected).await;
     }
     assert_eq!(
         gateway.send(&request).await.status,
@@ -711,7 +692,7 @@ async fn thousand_reloads_keep_memory_bounded() {
     let started = Instant::now();
     for _ in 0..1000 {
         let expected = reload(&gateway);
-        wait_for_reloads(&gateway, expected).await;
+        wait_for_success_count(&gateway, expected).await;
     }
     assert_eq!(
         gateway.send(&request).await.status,
@@ -738,7 +719,7 @@ async fn thousand_reloads_keep_memory_bounded() {
 
 /// Waits until `gatehouse_config_reloads_total{result="success"}` reaches `expected`, for at
 /// most 10 s.
-async fn wait_for_reloads(gateway: &Gateway, expected: u64) {
+async fn wait_for_success_count(gateway: &Gateway, expected: u64) {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let metrics = parse_metrics(&gateway.metrics().await);
@@ -768,13 +749,7 @@ async fn wait_for_reloads(gateway: &Gateway, expected: u64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigint_exits_without_draining() {
     let backend = DelayedBackend::start(Duration::from_secs(30)).await;
-    let yaml = format!(
-        "listen:\n  - address: \"{{listen}}\"\nadmin:\n  address: \"{{admin}}\"\n\
-         server:\n  grace_period: 20s\nupstreams:\n  - name: slow\n    \
-         targets: [{{ address: \"{}\" }}]\nroutes:\n  - name: slow\n    \
-         match: {{ path_prefix: / }}\n    upstream: slow\n",
-        backend.addr
-    );
+    let yaml = slow_backend_config(&backend);
     let mut gateway = Gateway::start(&yaml).await;
     let listen = gateway.listen_addr();
     let pending = tokio::spawn(async move {
@@ -836,13 +811,7 @@ async fn sigquit_without_new_process_keeps_serving() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigint_during_drain_exits_at_once() {
     let backend = DelayedBackend::start(Duration::from_secs(30)).await;
-    let yaml = format!(
-        "listen:\n  - address: \"{{listen}}\"\nadmin:\n  address: \"{{admin}}\"\n\
-         server:\n  grace_period: 20s\nupstreams:\n  - name: slow\n    \
-         targets: [{{ address: \"{}\" }}]\nroutes:\n  - name: slow\n    \
-         match: {{ path_prefix: / }}\n    upstream: slow\n",
-        backend.addr
-    );
+    let yaml = slow_backend_config(&backend);
     let mut gateway = Gateway::start(&yaml).await;
     let listen = gateway.listen_addr();
     let _pending = tokio::spawn(async move { send(listen, &Request::get("/slow")).await });

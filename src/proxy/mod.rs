@@ -199,8 +199,8 @@ impl ProxyHttp for Gateway {
         }
         match decision {
             Decision::Proxy => {
-                // Answered here rather than by failing `upstream_peer`, where Pingora would
-                // log an error for every request while the upstream is down.
+                // The 503 is written here rather than by failing `upstream_peer`, where
+                // Pingora would log an error for every request while the upstream is down.
                 if ctx
                     .upstream
                     .as_ref()

@@ -958,6 +958,17 @@ impl Gateway {
         response.body_text()
     }
 
+    /// Polls `/metrics` until `gatehouse_config_reloads_total{result}` equals `expected`, for
+    /// at most 5 s, and returns the last value seen.
+    pub async fn wait_for_reloads(&self, result: &str, expected: u64) -> Option<f64> {
+        self.wait_for_metric(
+            "gatehouse_config_reloads_total",
+            &[("result", result)],
+            expected as f64,
+        )
+        .await
+    }
+
     /// Polls `/metrics` until the sample `name` with `labels` equals `expected`, for at most
     /// 5 s, and returns the last value seen (`None` if the sample never appeared). Metrics are
     /// recorded when a request finishes, which can be just after the client got the response.
