@@ -161,9 +161,41 @@ pub fn generate_request_id() -> HeaderValue {
     HeaderValue::from_str(text).expect("a UUID is a valid header value")
 }
 
+/// Appends an IP address in its usual text form. IPv4, the common case, is written without
+/// going through `fmt`.
+pub fn push_ip(out: &mut impl bytes::BufMut, address: std::net::IpAddr) {
+    match address {
+        std::net::IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.put_u8(b'.');
+                }
+                out.put_slice(itoa::Buffer::new().format(octet).as_bytes());
+            }
+        }
+        std::net::IpAddr::V6(v6) => out.put_slice(v6.to_string().as_bytes()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ip_text_matches_display() {
+        for text in [
+            "0.0.0.0",
+            "10.0.0.7",
+            "255.255.255.255",
+            "::1",
+            "2001:db8::8a2e:370:7334",
+        ] {
+            let address: std::net::IpAddr = text.parse().unwrap();
+            let mut out = Vec::new();
+            push_ip(&mut out, address);
+            assert_eq!(out, address.to_string().into_bytes(), "text of {text}");
+        }
+    }
 
     #[test]
     fn request_id_validation() {

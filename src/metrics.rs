@@ -2,10 +2,10 @@
 //! from a fixed set (methods, status codes, error kinds), so no request can add a series.
 
 use prometheus::{
-    exponential_buckets, Encoder, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    exponential_buckets, Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter,
+    IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
 };
-use std::sync::OnceLock;
+use std::sync::{OnceLock, RwLock};
 
 pub struct Metrics {
     pub registry: Registry,
@@ -272,5 +272,158 @@ pub fn code_label(code: u16) -> std::borrow::Cow<'static, str> {
     match COMMON.iter().find(|(c, _)| *c == code) {
         Some((_, label)) => std::borrow::Cow::Borrowed(label),
         None => std::borrow::Cow::Owned(code.to_string()),
+    }
+}
+
+/// The per-request series of one route, looked up by label on the route's first request and
+/// then used directly, so that recording a request takes no label hashing.
+#[derive(Debug)]
+pub struct RouteSeries {
+    route: String,
+    request_duration: Histogram,
+    received_bytes: IntCounter,
+    sent_bytes: IntCounter,
+    /// For a proxy route, its `gatehouse_upstream_duration_seconds` series.
+    upstream_duration: Option<Histogram>,
+    /// `gatehouse_requests_total` series by method and status code, added as they occur.
+    requests: RwLock<Vec<(&'static str, u16, IntCounter)>>,
+}
+
+/// The (method, code) series a route keeps at hand; further ones are looked up per request.
+/// A route sees few distinct pairs, and the list is searched in order.
+const KEPT_REQUEST_SERIES: usize = 32;
+
+/// What one finished request adds to the metrics.
+pub struct RequestRecord {
+    pub method: &'static str,
+    pub status: u16,
+    pub duration_s: f64,
+    pub received_bytes: u64,
+    pub sent_bytes: u64,
+    pub upstream_duration_s: Option<f64>,
+}
+
+impl RouteSeries {
+    pub fn new(route: &str, upstream: Option<&str>) -> Self {
+        let m = metrics();
+        RouteSeries {
+            route: route.to_owned(),
+            request_duration: m.request_duration.with_label_values(&[route]),
+            received_bytes: m.received_bytes_total.with_label_values(&[route]),
+            sent_bytes: m.sent_bytes_total.with_label_values(&[route]),
+            upstream_duration: upstream
+                .map(|upstream| m.upstream_duration.with_label_values(&[route, upstream])),
+            requests: RwLock::new(Vec::new()),
+        }
+    }
+
+    /// Records one finished request of this route.
+    pub fn record(&self, request: &RequestRecord) {
+        self.count_request(request.method, request.status);
+        self.request_duration.observe(request.duration_s);
+        self.received_bytes.inc_by(request.received_bytes);
+        self.sent_bytes.inc_by(request.sent_bytes);
+        if let (Some(series), Some(seconds)) =
+            (&self.upstream_duration, request.upstream_duration_s)
+        {
+            series.observe(seconds);
+        }
+    }
+
+    fn count_request(&self, method: &'static str, status: u16) {
+        let find = |kept: &[(&'static str, u16, IntCounter)]| {
+            kept.iter()
+                .find(|(m, code, _)| *code == status && *m == method)
+                .map(|(_, _, counter)| counter.inc())
+                .is_some()
+        };
+        if find(&self.requests.read().unwrap_or_else(|p| p.into_inner())) {
+            return;
+        }
+        let counter = metrics().requests_total.with_label_values(&[
+            self.route.as_str(),
+            method,
+            &code_label(status),
+        ]);
+        counter.inc();
+        let mut kept = self.requests.write().unwrap_or_else(|p| p.into_inner());
+        let already_kept = kept
+            .iter()
+            .any(|(m, code, _)| *code == status && *m == method);
+        if !already_kept && kept.len() < KEPT_REQUEST_SERIES {
+            kept.push((method, status, counter));
+        }
+    }
+}
+
+/// Records a finished request that matched no route, under the route label "".
+pub fn record_unrouted(request: &RequestRecord) {
+    let m = metrics();
+    m.requests_total
+        .with_label_values(&["", request.method, &code_label(request.status)])
+        .inc();
+    m.request_duration
+        .with_label_values(&[""])
+        .observe(request.duration_s);
+    m.received_bytes_total
+        .with_label_values(&[""])
+        .inc_by(request.received_bytes);
+    m.sent_bytes_total
+        .with_label_values(&[""])
+        .inc_by(request.sent_bytes);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(method: &'static str, status: u16) -> RequestRecord {
+        RequestRecord {
+            method,
+            status,
+            duration_s: 0.25,
+            received_bytes: 10,
+            sent_bytes: 100,
+            upstream_duration_s: Some(0.125),
+        }
+    }
+
+    fn requests_total(route: &str, method: &str, code: &str) -> u64 {
+        metrics()
+            .requests_total
+            .with_label_values(&[route, method, code])
+            .get()
+    }
+
+    #[test]
+    fn route_series_count_each_method_and_code() {
+        let series = RouteSeries::new("series-test", Some("series-upstream"));
+        series.record(&request("GET", 200));
+        series.record(&request("GET", 200));
+        series.record(&request("POST", 200));
+        series.record(&request("GET", 404));
+        // More pairs than the route keeps at hand: these are counted by label lookup.
+        for status in 200..(200 + KEPT_REQUEST_SERIES as u16 + 8) {
+            series.record(&request("PUT", status));
+        }
+        series.record(&request("PUT", 239));
+        assert_eq!(requests_total("series-test", "GET", "200"), 2);
+        assert_eq!(requests_total("series-test", "POST", "200"), 1);
+        assert_eq!(requests_total("series-test", "GET", "404"), 1);
+        assert_eq!(requests_total("series-test", "PUT", "200"), 1);
+        assert_eq!(requests_total("series-test", "PUT", "239"), 2);
+        let m = metrics();
+        let requests = 4 + KEPT_REQUEST_SERIES as u64 + 8 + 1;
+        let duration = m.request_duration.with_label_values(&["series-test"]);
+        assert_eq!(duration.get_sample_count(), requests);
+        assert_eq!(duration.get_sample_sum(), 0.25 * requests as f64);
+        let received = m.received_bytes_total.with_label_values(&["series-test"]);
+        assert_eq!(received.get(), 10 * requests);
+        let sent = m.sent_bytes_total.with_label_values(&["series-test"]);
+        assert_eq!(sent.get(), 100 * requests);
+        let upstream = m
+            .upstream_duration
+            .with_label_values(&["series-test", "series-upstream"]);
+        assert_eq!(upstream.get_sample_count(), requests);
     }
 }

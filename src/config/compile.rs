@@ -125,6 +125,21 @@ pub struct Route {
     pub buffer_response: Option<usize>,
     /// Requests in flight on this route, capped by `max_concurrent_requests`.
     pub in_flight: Arc<InFlightCounter>,
+    /// The route's metric series, looked up on its first request.
+    pub series: std::sync::OnceLock<crate::metrics::RouteSeries>,
+}
+
+impl Route {
+    /// Returns the route's metric series, looking them up on the first call.
+    pub fn series(&self) -> &crate::metrics::RouteSeries {
+        self.series.get_or_init(|| {
+            let upstream = match &self.action {
+                RouteAction::Proxy(upstream) => Some(upstream.name.as_str()),
+                RouteAction::Respond(_) => None,
+            };
+            crate::metrics::RouteSeries::new(&self.name, upstream)
+        })
+    }
 }
 
 /// Key by which a rate limit counts requests.

@@ -419,6 +419,7 @@ pub(super) fn compile_route(
         rate_limit,
         buffer_response,
         in_flight,
+        series: std::sync::OnceLock::new(),
     }
 }
 
