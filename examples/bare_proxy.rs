@@ -1,7 +1,7 @@
 //! The smallest Pingora reverse proxy: every request goes to one upstream over plain HTTP/1.1,
 //! with Pingora's default upstream keep-alive pool and no routing, header rules, logging or
-//! metrics. `bench/compare.sh` runs it as the baseline that shows what gatehouse's features
-//! cost on top of Pingora itself.
+//! metrics. It uses gatehouse's allocator, jemalloc. `bench/compare.sh` runs it as the
+//! baseline that shows what gatehouse's features cost on top of Pingora itself.
 //!
 //! Usage: `bare_proxy LISTEN_ADDR UPSTREAM_ADDR THREADS`, for example
 //! `bare_proxy 127.0.0.1:8081 127.0.0.1:9001 1`.
@@ -14,6 +14,11 @@ use pingora_core::Result;
 use pingora_proxy::{ProxyHttp, Session};
 use std::net::SocketAddr;
 use std::process::ExitCode;
+
+/// The allocator gatehouse uses, so that the comparison shows the cost of gatehouse's
+/// features and not of its allocator.
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 struct BareProxy {
     upstream: SocketAddr,
