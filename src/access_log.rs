@@ -108,10 +108,10 @@ fn push_str(out: &mut Vec<u8>, value: &str) {
     out.push(b'"');
 }
 
-/// Appends `value` as a JSON string, or `null`.
-fn push_optional_str(out: &mut Vec<u8>, value: Option<&str>) {
+/// Appends `value` with `push`, or `null` when there is none.
+fn push_or_null<T>(out: &mut Vec<u8>, value: Option<T>, push: fn(&mut Vec<u8>, T)) {
     match value {
-        Some(value) => push_str(out, value),
+        Some(value) => push(out, value),
         None => out.extend_from_slice(b"null"),
     }
 }
@@ -163,12 +163,9 @@ impl AccessRecord<'_> {
         out.extend_from_slice(b"{\"timestamp\":");
         self.timestamp.write_json(out);
         out.extend_from_slice(b",\"request_id\":");
-        push_optional_str(out, self.request_id);
+        push_or_null(out, self.request_id, push_str);
         out.extend_from_slice(b",\"client\":");
-        match self.client {
-            Some(address) => push_address(out, address),
-            None => out.extend_from_slice(b"null"),
-        }
+        push_or_null(out, self.client, push_address);
         out.extend_from_slice(b",\"method\":");
         push_str(out, self.method);
         out.extend_from_slice(b",\"path\":");
@@ -176,9 +173,9 @@ impl AccessRecord<'_> {
         out.extend_from_slice(b",\"route\":");
         push_str(out, self.route);
         out.extend_from_slice(b",\"upstream\":");
-        push_optional_str(out, self.upstream);
+        push_or_null(out, self.upstream, push_str);
         out.extend_from_slice(b",\"target\":");
-        push_optional_str(out, self.target);
+        push_or_null(out, self.target, push_str);
         out.extend_from_slice(b",\"status\":");
         push_integer(out, self.status);
         out.extend_from_slice(b",\"bytes_in\":");
@@ -188,12 +185,9 @@ impl AccessRecord<'_> {
         out.extend_from_slice(b",\"duration_s\":");
         push_seconds(out, self.duration);
         out.extend_from_slice(b",\"upstream_duration_s\":");
-        match self.upstream_duration {
-            Some(duration) => push_seconds(out, duration),
-            None => out.extend_from_slice(b"null"),
-        }
+        push_or_null(out, self.upstream_duration, push_seconds);
         out.extend_from_slice(b",\"error\":");
-        push_optional_str(out, self.error);
+        push_or_null(out, self.error, push_str);
         out.extend_from_slice(b"}\n");
     }
 }

@@ -289,11 +289,11 @@ pub struct RouteSeries {
     requests: RwLock<Vec<(&'static str, u16, IntCounter)>>,
 }
 
-/// The (method, code) series a route keeps at hand; further ones are looked up per request.
-/// A route sees few distinct pairs, and the list is searched in order.
+/// The max number of (method, code) series a route keeps. Further pairs are looked up by
+/// label on every request. Routes get few distinct pairs, so the list is searched in order.
 const KEPT_REQUEST_SERIES: usize = 32;
 
-/// What one finished request adds to the metrics.
+/// The measurements of one finished request, recorded into the metrics.
 pub struct RequestRecord {
     pub method: &'static str,
     pub status: u16,
@@ -331,15 +331,13 @@ impl RouteSeries {
     }
 
     fn count_request(&self, method: &'static str, status: u16) {
-        let find = |kept: &[(&'static str, u16, IntCounter)]| {
-            kept.iter()
-                .find(|(m, code, _)| *code == status && *m == method)
-                .map(|(_, _, counter)| counter.inc())
-                .is_some()
-        };
-        if find(&self.requests.read().unwrap_or_else(|p| p.into_inner())) {
+        let read = self.requests.read().unwrap_or_else(|p| p.into_inner());
+        if let Some(counter) = kept_counter(&read, method, status) {
+            counter.inc();
             return;
         }
+        drop(read);
+
         let counter = metrics().requests_total.with_label_values(&[
             self.route.as_str(),
             method,
@@ -347,30 +345,29 @@ impl RouteSeries {
         ]);
         counter.inc();
         let mut kept = self.requests.write().unwrap_or_else(|p| p.into_inner());
-        let already_kept = kept
-            .iter()
-            .any(|(m, code, _)| *code == status && *m == method);
-        if !already_kept && kept.len() < KEPT_REQUEST_SERIES {
+        if kept_counter(&kept, method, status).is_none() && kept.len() < KEPT_REQUEST_SERIES {
             kept.push((method, status, counter));
         }
     }
 }
 
+/// Returns the kept `gatehouse_requests_total` series of `method` and `status`, if any.
+fn kept_counter<'a>(
+    kept: &'a [(&'static str, u16, IntCounter)],
+    method: &str,
+    status: u16,
+) -> Option<&'a IntCounter> {
+    kept.iter()
+        .find(|(m, code, _)| *code == status && *m == method)
+        .map(|(_, _, counter)| counter)
+}
+
 /// Records a finished request that matched no route, under the route label "".
 pub fn record_unrouted(request: &RequestRecord) {
-    let m = metrics();
-    m.requests_total
-        .with_label_values(&["", request.method, &code_label(request.status)])
-        .inc();
-    m.request_duration
-        .with_label_values(&[""])
-        .observe(request.duration_s);
-    m.received_bytes_total
-        .with_label_values(&[""])
-        .inc_by(request.received_bytes);
-    m.sent_bytes_total
-        .with_label_values(&[""])
-        .inc_by(request.sent_bytes);
+    static UNROUTED: OnceLock<RouteSeries> = OnceLock::new();
+    UNROUTED
+        .get_or_init(|| RouteSeries::new("", None))
+        .record(request);
 }
 
 #[cfg(test)]
