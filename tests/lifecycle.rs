@@ -485,6 +485,18 @@ impl DelayedBackend {
             task,
         }
     }
+
+    /// Waits, for at most 5 s, until the backend has received `count` requests.
+    async fn wait_for_requests(&self, count: usize) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while self.received.load(Ordering::SeqCst) < count {
+            assert!(
+                Instant::now() < deadline,
+                "the backend got {count} request(s) within 5 s"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
 }
 
 impl Drop for DelayedBackend {
@@ -524,11 +536,7 @@ async fn sigterm_finishes_in_flight_requests() {
     let requests: Vec<_> = (0..20)
         .map(|i| tokio::spawn(async move { send(listen, &Request::get(&format!("/r{i}"))).await }))
         .collect();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while backend.received.load(Ordering::SeqCst) < 20 {
-        assert!(Instant::now() < deadline, "the backend got every request");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    backend.wait_for_requests(20).await;
 
     let signalled = Instant::now();
     gateway.signal(libc::SIGTERM);
@@ -757,11 +765,7 @@ async fn sigint_exits_without_draining() {
         client.send_raw(&Request::get("/slow").to_bytes()).await?;
         client.read_response(false).await
     });
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while backend.received.load(Ordering::SeqCst) < 1 {
-        assert!(Instant::now() < deadline, "the backend got the request");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    backend.wait_for_requests(1).await;
 
     let signalled = Instant::now();
     gateway.signal(libc::SIGINT);
@@ -815,11 +819,7 @@ async fn sigint_during_drain_exits_at_once() {
     let mut gateway = Gateway::start(&yaml).await;
     let listen = gateway.listen_addr();
     let _pending = tokio::spawn(async move { send(listen, &Request::get("/slow")).await });
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while backend.received.load(Ordering::SeqCst) < 1 {
-        assert!(Instant::now() < deadline, "the backend got the request");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    backend.wait_for_requests(1).await;
     gateway.signal(libc::SIGTERM);
     let deadline = Instant::now() + Duration::from_secs(5);
     while gateway.readyz().await != Some(503) {
