@@ -102,7 +102,8 @@ fn check_prefix_shadowed() {
 
     assert_eq!(
         output.code, 0,
-        "a shadowed route is a warning, not an error"
+        "a shadowed route is a warning, not an error; stderr:\n{}",
+        output.stderr
     );
     assert_shadow_warning(&output, "api-users", "api");
 }
@@ -122,7 +123,8 @@ fn check_catch_all_shadows_later() {
 
     assert_eq!(
         output.code, 0,
-        "a shadowed route is a warning, not an error"
+        "a shadowed route is a warning, not an error; stderr:\n{}",
+        output.stderr
     );
     assert_shadow_warning(&output, "billing", "everything");
 }

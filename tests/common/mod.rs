@@ -714,8 +714,13 @@ pub struct ConfigFile {
 
 impl ConfigFile {
     pub fn write(yaml: &str) -> ConfigFile {
-        let listen = free_loopback_addr();
-        let admin = free_loopback_addr();
+        // Both probe sockets stay bound until both ports are read, so the kernel cannot hand
+        // out the same port twice, which the config check would reject as an overlap.
+        let listen_probe = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a probe socket");
+        let admin_probe = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a probe socket");
+        let listen = listen_probe.local_addr().expect("probe socket address");
+        let admin = admin_probe.local_addr().expect("probe socket address");
+        drop((listen_probe, admin_probe));
         let text = yaml
             .replace("{listen}", &listen.to_string())
             .replace("{admin}", &admin.to_string());
