@@ -1,7 +1,7 @@
 //! Responses the gateway generates itself, and the mapping from a Pingora error to the status
 //! code a client gets.
 
-use crate::headers::X_REQUEST_ID;
+use crate::headers::X_REQUEST_ID_TITLE;
 use bytes::Bytes;
 use http::{header, HeaderName, HeaderValue, StatusCode};
 use pingora_error::{Error, ErrorSource, ErrorType};
@@ -71,7 +71,7 @@ pub async fn write_generated_response(
     close: bool,
 ) -> pingora_error::Result<()> {
     if let Some(id) = request_id {
-        response.insert_header(X_REQUEST_ID.clone(), id.clone())?;
+        response.insert_header(X_REQUEST_ID_TITLE, id.clone())?;
     }
     response.insert_header(header::CONTENT_LENGTH, body.len())?;
     if close {

@@ -1,8 +1,9 @@
 //! Header rewriting: the route's `set`/`add`/`remove` operations, hop-by-hop stripping, the
 //! `X-Forwarded-*` headers and `X-Request-Id`.
 
+use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
-use pingora_http::{RequestHeader, ResponseHeader};
+use pingora_http::{IntoCaseHeaderName, RequestHeader, ResponseHeader};
 
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -25,9 +26,27 @@ const MAX_CONNECTION_TOKENS: usize = 32;
 /// Compiled `request_headers` or `response_headers` of a route.
 #[derive(Debug, Clone, Default)]
 pub struct HeaderOps {
-    pub set: Vec<(HeaderName, HeaderValue)>,
-    pub add: Vec<(HeaderName, HeaderValue)>,
-    pub remove: Vec<HeaderName>,
+    set: Vec<HeaderEntry>,
+    add: Vec<HeaderEntry>,
+    remove: Vec<HeaderName>,
+}
+
+/// A header that a route sets or adds, with the spelling Pingora writes on the wire made once
+/// at config load. Given a `HeaderName`, Pingora would copy that spelling into a new buffer on
+/// every insert.
+#[derive(Debug, Clone)]
+struct HeaderEntry {
+    wire_name: Bytes,
+    value: HeaderValue,
+}
+
+impl HeaderEntry {
+    fn new((name, value): (HeaderName, HeaderValue)) -> Self {
+        HeaderEntry {
+            wire_name: Bytes::copy_from_slice(name.into_case_header_name().as_slice()),
+            value,
+        }
+    }
 }
 
 /// Headers that describe one connection or framing and are never copied between hops.
@@ -42,19 +61,31 @@ pub fn is_hop_by_hop(name: &HeaderName) -> bool {
 }
 
 impl HeaderOps {
+    /// Builds the operations from names and values validated at config load.
+    pub fn new(
+        set: Vec<(HeaderName, HeaderValue)>,
+        add: Vec<(HeaderName, HeaderValue)>,
+        remove: Vec<HeaderName>,
+    ) -> Self {
+        HeaderOps {
+            set: set.into_iter().map(HeaderEntry::new).collect(),
+            add: add.into_iter().map(HeaderEntry::new).collect(),
+            remove,
+        }
+    }
+
     /// Applies remove, then set, then add. Pingora's header types keep the original name
     /// casing, which is why this goes through their methods.
     pub fn apply_to_request(&self, request: &mut RequestHeader) {
         for name in &self.remove {
             request.remove_header(name);
         }
-        for (name, value) in &self.set {
-            // Names and values are typed and were validated at load; an error would drop
-            // only this header.
-            let _ = request.insert_header(name.clone(), value.clone());
+        for entry in &self.set {
+            // Names and values were validated at load, so an error would drop only this header.
+            let _ = request.insert_header(entry.wire_name.clone(), entry.value.clone());
         }
-        for (name, value) in &self.add {
-            let _ = request.append_header(name.clone(), value.clone());
+        for entry in &self.add {
+            let _ = request.append_header(entry.wire_name.clone(), entry.value.clone());
         }
     }
 
@@ -62,11 +93,11 @@ impl HeaderOps {
         for name in &self.remove {
             response.remove_header(name);
         }
-        for (name, value) in &self.set {
-            let _ = response.insert_header(name.clone(), value.clone());
+        for entry in &self.set {
+            let _ = response.insert_header(entry.wire_name.clone(), entry.value.clone());
         }
-        for (name, value) in &self.add {
-            let _ = response.append_header(name.clone(), value.clone());
+        for entry in &self.add {
+            let _ = response.append_header(entry.wire_name.clone(), entry.value.clone());
         }
     }
 }
@@ -204,6 +235,58 @@ mod tests {
         assert!(!is_valid_request_id(b"has space"));
         assert!(!is_valid_request_id(&[b'a'; 129]));
         assert!(is_valid_request_id(generate_request_id().as_bytes()));
+    }
+
+    #[test]
+    fn route_headers_keep_their_wire_spelling() {
+        let value = |v: &'static str| HeaderValue::from_static(v);
+        let ops = HeaderOps::new(
+            vec![
+                (header::CACHE_CONTROL, value("no-cache")),
+                (HeaderName::from_static("x-gateway"), value("gatehouse")),
+            ],
+            vec![(HeaderName::from_static("x-trace"), value("b"))],
+            vec![header::COOKIE],
+        );
+        let mut request = RequestHeader::build("GET", b"/", None).unwrap();
+        request.insert_header("Cookie", "a=1").unwrap();
+        request.insert_header("X-Gateway", "old").unwrap();
+        request.insert_header("X-Trace", "a").unwrap();
+        ops.apply_to_request(&mut request);
+        // Pingora decides the order of the header lines, so the test compares the lines only.
+        let wire_lines = |wire: Vec<u8>| {
+            let mut lines: Vec<String> = String::from_utf8(wire)
+                .unwrap()
+                .split_terminator("\r\n")
+                .map(str::to_string)
+                .collect();
+            lines.sort();
+            lines
+        };
+        let mut wire = Vec::new();
+        request.header_to_h1_wire(&mut wire);
+        assert_eq!(
+            wire_lines(wire),
+            [
+                "Cache-Control: no-cache",
+                "X-Trace: a",
+                "x-gateway: gatehouse",
+                "x-trace: b"
+            ]
+        );
+
+        let mut response = ResponseHeader::build(200, None).unwrap();
+        ops.apply_to_response(&mut response);
+        let mut wire = Vec::new();
+        response.header_to_h1_wire(&mut wire);
+        assert_eq!(
+            wire_lines(wire),
+            [
+                "Cache-Control: no-cache",
+                "x-gateway: gatehouse",
+                "x-trace: b"
+            ]
+        );
     }
 
     #[test]

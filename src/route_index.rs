@@ -12,6 +12,7 @@
 
 use crate::config::Route;
 use crate::routing::{PathMatch, RequestFacts};
+use smallvec::SmallVec;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -55,7 +56,9 @@ impl RouteIndex {
         routes: &'r [Arc<Route>],
         request: &RequestFacts,
     ) -> Option<&'r Arc<Route>> {
-        let mut candidates: Vec<&[u32]> = Vec::with_capacity(8);
+        // One list per matching prefix, plus the exact and unindexed lists: eight cover paths
+        // of up to six segments without a heap allocation.
+        let mut candidates: SmallVec<[&[u32]; 8]> = SmallVec::new();
         if !self.unindexed.is_empty() {
             candidates.push(&self.unindexed);
         }

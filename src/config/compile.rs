@@ -296,7 +296,7 @@ impl Checker {
                 remove.push(parsed);
             }
         }
-        HeaderOps { set, add, remove }
+        HeaderOps::new(set, add, remove)
     }
 }
 

@@ -384,7 +384,11 @@ impl ProxyHttp for Gateway {
                 .map_err(|_| Error::explain(ErrorType::InvalidHTTPHeader, "bad X-Forwarded-For"))?;
             upstream_request.insert_header(X_FORWARDED_FOR_TITLE, value)?;
         }
-        let proto = if is_tls(session) { "https" } else { "http" };
+        let proto = if is_tls(session) {
+            HeaderValue::from_static("https")
+        } else {
+            HeaderValue::from_static("http")
+        };
         upstream_request.insert_header(X_FORWARDED_PROTO_TITLE, proto)?;
         match session.req_header().headers.get(header::HOST).cloned() {
             Some(host) => upstream_request.insert_header(X_FORWARDED_HOST_TITLE, host)?,
