@@ -82,6 +82,17 @@ fn push_str(out: &mut Vec<u8>, value: &str) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     out.push(b'"');
     let bytes = value.as_bytes();
+    // Most values need no escaping. This scan has no early exit, so the compiler can turn it
+    // into vector instructions.
+    let needs_escape = |byte: u8| byte < 0x20 || byte == b'"' || byte == b'\\';
+    if !bytes
+        .iter()
+        .fold(false, |found, &byte| found | needs_escape(byte))
+    {
+        out.extend_from_slice(bytes);
+        out.push(b'"');
+        return;
+    }
     let mut plain_from = 0;
     for (i, &byte) in bytes.iter().enumerate() {
         let escaped: &[u8] = match byte {

@@ -8,6 +8,7 @@ use arc_swap::ArcSwapOption;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use tracing_appender::non_blocking::{NonBlocking, NonBlockingBuilder, WorkerGuard};
+use tracing_log::AsLog;
 use tracing_subscriber::filter::EnvFilter;
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::SubscriberExt;
@@ -80,11 +81,17 @@ pub fn init() {
     start_writers();
     let server_filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // The `log` records of Pingora below the filter's most verbose level are then dropped by
+    // the `log` macros themselves, before they reach the bridge. Pingora has `debug!` calls on
+    // the path of every request.
+    let log_max_level = server_filter
+        .max_level_hint()
+        .map_or(log::LevelFilter::Trace, |level| level.as_log());
     let server_layer = tracing_subscriber::fmt::layer()
         .with_writer(ServerWriter)
         .with_ansi(false)
         .with_filter(server_filter);
-    let _ = tracing_log::LogTracer::init();
+    let _ = tracing_log::LogTracer::init_with_filter(log_max_level);
     let _ = tracing_subscriber::registry().with(server_layer).try_init();
 }
 
