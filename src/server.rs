@@ -54,6 +54,11 @@ fn server_conf(config: &RuntimeConfig, options: &ProcessOptions) -> ServerConf {
         .map(|u| u.keepalive_max_idle)
         .sum::<usize>()
         .max(1);
+    // Pingora's own timers round to 10 ms and stay registered until their deadline, even when
+    // the wait they bound ended long before. Idle keep-alive and upstream read timeouts run on
+    // every request and last seconds, so they go to Tokio's timer, which removes a timer when
+    // its wait ends. Pingora keeps its own timers for waits shorter than a second.
+    conf.fast_timeout_to_tokio_threshold_seconds = Some(0);
     conf
 }
 
