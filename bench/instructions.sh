@@ -1,0 +1,111 @@
+#!/usr/bin/env bash
+# Counts the user-space instructions that gatehouse and the bare Pingora proxy
+# (examples/bare_proxy.rs) execute per request, under valgrind's cachegrind, and lists the
+# functions where gatehouse spends more instructions than the bare proxy. The counts do not
+# depend on the machine's load, so they show a change of 1% that timed runs on a shared machine
+# cannot; they leave out the kernel (system calls, TCP) and say nothing about cache misses.
+#
+# Both proxies run in front of the backend of bench/compare.sh (nginx, /small), with
+# gatehouse on bench/gatehouse-compare.yaml.in. Each runs twice, serving LOW and then HIGH
+# requests (h2load --h1, 10 connections); the difference between the two runs, divided by
+# HIGH - LOW, is the count per request, without startup and shutdown.
+#
+# Usage: bench/instructions.sh [LOW] [HIGH] [FUNCTIONS]
+#   defaults 2000, 12000 and 40 (how many functions the difference lists)
+# Needs root the first time, for apt-get (valgrind, nginx-light, nghttp2-client).
+# Builds with cargo; set CARGO_TARGET_DIR to share a build directory.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+low=${1:-2000}
+high=${2:-12000}
+functions=${3:-40}
+if ! [[ $low =~ ^[1-9][0-9]*$ && $high =~ ^[1-9][0-9]*$ && $functions =~ ^[1-9][0-9]*$ ]] || [ "$high" -le "$low" ]; then
+  echo "error: LOW, HIGH and FUNCTIONS must be positive integers with HIGH > LOW" \
+    "(got \"$low\", \"$high\", \"$functions\")" >&2
+  echo "usage: bench/instructions.sh [LOW] [HIGH] [FUNCTIONS]" >&2
+  exit 2
+fi
+
+work=$(mktemp -d /tmp/gatehouse-instructions.XXXXXX)
+chmod 755 "$work"
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill -INT "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+missing=()
+command -v valgrind >/dev/null || missing+=(valgrind)
+command -v nginx >/dev/null || missing+=(nginx-light)
+command -v h2load >/dev/null || missing+=(nghttp2-client)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing ${missing[*]}" >&2
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+.ci/prereqs
+cargo build --release --quiet --bin gatehouse
+cargo build --release --quiet --example bare_proxy
+target_dir=${CARGO_TARGET_DIR:-target}
+mkdir "$work/bin"
+cp "$target_dir/release/gatehouse" "$target_dir/release/examples/bare_proxy" "$work/bin/"
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+backend_port=$(free_port)
+mkdir "$work/backend"
+head -c $((64 * 1024)) /dev/urandom > "$work/backend/big"
+chmod 644 "$work/backend/big"
+sed -e "s|@DIR@|$work/backend|g" -e "s|@PORT@|$backend_port|g" bench/backend-nginx.conf.in \
+  > "$work/backend/nginx.conf"
+nginx -c "$work/backend/nginx.conf" -p "$work/backend" -g 'daemon off;' 2> "$work/backend/stderr" &
+pids+=($!)
+
+# Runs TARGET (gatehouse or bare) under cachegrind for REQUESTS requests and prints the
+# output file's path.
+measure() {
+  local target=$1 requests=$2 port admin_port out="$work/$1.$2.cachegrind"
+  port=$(free_port)
+  local command=()
+  case $target in
+    gatehouse)
+      admin_port=$(free_port)
+      sed -e "s|@PORT@|$port|g" -e "s|@ADMIN_PORT@|$admin_port|g" \
+        -e "s|@BACKEND_PORT@|$backend_port|g" -e '/^  # @FILLER_ROUTES@$/d' \
+        bench/gatehouse-compare.yaml.in > "$work/gateway.yaml"
+      command=("$work/bin/gatehouse" -c "$work/gateway.yaml")
+      ;;
+    bare) command=("$work/bin/bare_proxy" "127.0.0.1:$port" "127.0.0.1:$backend_port" 1) ;;
+  esac
+  valgrind --tool=cachegrind --cache-sim=no --cachegrind-out-file="$out" "${command[@]}" \
+    > /dev/null 2> "$work/$target.stderr" &
+  local pid=$! _
+  pids+=("$pid")
+  # valgrind starts a program 20 to 50 times slower than usual.
+  for _ in $(seq 1 600); do
+    curl -fs -o /dev/null "http://127.0.0.1:$port/small" && break
+    sleep 0.1
+  done
+  local result
+  result=$(timeout 300 h2load --h1 -n "$requests" -c 10 "http://127.0.0.1:$port/small" | grep '^requests:')
+  if [[ $result != *" $requests succeeded"* ]]; then
+    echo "error: not every request to $target succeeded: $result; its standard error:" >&2
+    cat "$work/$target.stderr" >&2
+    exit 1
+  fi
+  kill -INT "$pid"
+  wait "$pid" || true
+  echo "$out"
+}
+
+outputs=()
+for target in gatehouse bare; do
+  for requests in "$low" "$high"; do
+    outputs+=("$(measure "$target" "$requests")")
+  done
+done
+python3 bench/instructions_report.py "$low" "$high" "$functions" "${outputs[@]}"
