@@ -231,7 +231,7 @@ async fn sighup_reloads_valid_file_only() {
         "the running config stays"
     );
     assert!(
-        gateway.stderr().contains("config reload failed"),
+        gateway.wait_for_stderr("config reload failed").await,
         "the failure is logged:\n{}",
         gateway.stderr()
     );

@@ -148,7 +148,7 @@ async fn unhealthy_target_gets_no_traffic() {
     .unwrap_or(0.0);
     assert!(failed >= 2.0, "failed checks counted: {failed}");
     assert!(
-        gateway.stderr().contains("target marked unhealthy"),
+        gateway.wait_for_stderr("target marked unhealthy").await,
         "the change is logged:\n{}",
         gateway.stderr()
     );

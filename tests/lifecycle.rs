@@ -793,15 +793,11 @@ async fn sigquit_without_new_process_keeps_serving() {
     let mut gateway = Gateway::start_with_args(&table("A", "one", &one, &two, ""), &args).await;
 
     gateway.signal(libc::SIGQUIT);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !gateway.stderr().contains("SIGQUIT ignored") {
-        assert!(
-            Instant::now() < deadline,
-            "the ignored SIGQUIT is logged:\n{}",
-            gateway.stderr()
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    assert!(
+        gateway.wait_for_stderr("SIGQUIT ignored").await,
+        "the ignored SIGQUIT is logged:\n{}",
+        gateway.stderr()
+    );
     // Pingora would have stopped the listeners 5 s after a SIGQUIT; wait past that.
     tokio::time::sleep(Duration::from_secs(6)).await;
     assert!(

@@ -937,6 +937,21 @@ impl Gateway {
         std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
     }
 
+    /// Polls stderr until it contains `text`, for at most 5 s, and reports whether it did. The
+    /// gateway writes its log through a writer thread, so a line can follow the event it logs.
+    pub async fn wait_for_stderr(&self, text: &str) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            if self.stderr().contains(text) {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(POLL_INTERVAL).await;
+        }
+    }
+
     /// Sends `request` to the proxy listener on a new connection.
     pub async fn send(&self, request: &Request) -> Response {
         send(self.listen_addr(), request).await
