@@ -3,11 +3,11 @@
 # (examples/bare_proxy.rs) execute per request, under valgrind's cachegrind, and lists the
 # functions where gatehouse spends more instructions than the bare proxy. The counts do not
 # depend on the machine's load, so they show a change of 1% that timed runs on a shared machine
-# cannot; they leave out the kernel (system calls, TCP) and say nothing about cache misses.
+# cannot. They leave out the kernel (system calls, TCP) and do not show cache misses.
 #
 # Both proxies run in front of the backend of bench/compare.sh (nginx, /small), with
 # gatehouse on bench/gatehouse-compare.yaml.in. Each runs twice, serving LOW and then HIGH
-# requests (h2load --h1, 10 connections); the difference between the two runs, divided by
+# requests (h2load --h1, 10 connections). The difference between the two runs, divided by
 # HIGH - LOW, is the count per request, without startup and shutdown.
 #
 # Usage: bench/instructions.sh [LOW] [HIGH] [FUNCTIONS]
@@ -65,8 +65,9 @@ sed -e "s|@DIR@|$work/backend|g" -e "s|@PORT@|$backend_port|g" bench/backend-ngi
 nginx -c "$work/backend/nginx.conf" -p "$work/backend" -g 'daemon off;' 2> "$work/backend/stderr" &
 pids+=($!)
 
-# Runs TARGET (gatehouse or bare) under cachegrind for REQUESTS requests and prints the
-# output file's path.
+# Runs TARGET (gatehouse or bare) under cachegrind for REQUESTS requests and appends the
+# output file's path to `outputs`. It runs in this shell, not in a subshell, so that its
+# process id reaches `pids` for the cleanup and its `exit` ends the script.
 measure() {
   local target=$1 requests=$2 port admin_port out="$work/$1.$2.cachegrind"
   port=$(free_port)
@@ -81,15 +82,17 @@ measure() {
       ;;
     bare) command=("$work/bin/bare_proxy" "127.0.0.1:$port" "127.0.0.1:$backend_port" 1) ;;
   esac
+
   valgrind --tool=cachegrind --cache-sim=no --cachegrind-out-file="$out" "${command[@]}" \
     > /dev/null 2> "$work/$target.stderr" &
   local pid=$! _
   pids+=("$pid")
-  # valgrind starts a program 20 to 50 times slower than usual.
+  # Under valgrind the program starts many times slower than usual, so the wait is long.
   for _ in $(seq 1 600); do
     curl -fs -o /dev/null "http://127.0.0.1:$port/small" && break
     sleep 0.1
   done
+
   local result
   result=$(timeout 300 h2load --h1 -n "$requests" -c 10 "http://127.0.0.1:$port/small" | grep '^requests:')
   if [[ $result != *" $requests succeeded"* ]]; then
@@ -97,15 +100,16 @@ measure() {
     cat "$work/$target.stderr" >&2
     exit 1
   fi
+
   kill -INT "$pid"
   wait "$pid" || true
-  echo "$out"
+  outputs+=("$out")
 }
 
 outputs=()
 for target in gatehouse bare; do
   for requests in "$low" "$high"; do
-    outputs+=("$(measure "$target" "$requests")")
+    measure "$target" "$requests"
   done
 done
 python3 bench/instructions_report.py "$low" "$high" "$functions" "${outputs[@]}"

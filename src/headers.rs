@@ -31,9 +31,8 @@ pub struct HeaderOps {
     remove: Vec<HeaderName>,
 }
 
-/// A header that a route sets or adds, with the spelling Pingora writes on the wire made once
-/// at config load. Given a `HeaderName`, Pingora would copy that spelling into a new buffer on
-/// every insert.
+/// A header that a route sets or adds. Its wire spelling is made once at config load, because
+/// Pingora copies the spelling of a `HeaderName` into a new buffer on every insert.
 #[derive(Debug, Clone)]
 struct HeaderEntry {
     wire_name: Bytes,

@@ -81,9 +81,9 @@ pub fn init() {
     start_writers();
     let server_filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    // The `log` records of Pingora below the filter's most verbose level are then dropped by
-    // the `log` macros themselves, before they reach the bridge. Pingora has `debug!` calls on
-    // the path of every request.
+    // With the filter's most verbose level as the bridge's limit, the `log` macros drop
+    // Pingora's records below it before they reach the bridge. Pingora calls `debug!` on
+    // every request.
     let log_max_level = server_filter
         .max_level_hint()
         .map_or(log::LevelFilter::Trace, |level| level.as_log());

@@ -56,8 +56,8 @@ impl RouteIndex {
         routes: &'r [Arc<Route>],
         request: &RequestFacts,
     ) -> Option<&'r Arc<Route>> {
-        // One list per matching prefix, plus the exact and unindexed lists: eight cover paths
-        // of up to six segments without a heap allocation.
+        // One list per matching prefix, plus the exact and unindexed lists, so eight fit every
+        // path of up to five segments without a heap allocation.
         let mut candidates: SmallVec<[&[u32]; 8]> = SmallVec::new();
         if !self.unindexed.is_empty() {
             candidates.push(&self.unindexed);

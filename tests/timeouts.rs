@@ -517,8 +517,8 @@ fn thread_count(pid: u32) -> usize {
         .expect("a Threads line")
 }
 
-/// Sends one request to a gateway whose backend never answers and returns whether the
-/// response was a 504, and how long it took.
+/// Sends one request to a gateway whose backend never responds. Returns whether the response
+/// was a 504, and how long it took.
 async fn stalled_request(address: std::net::SocketAddr, index: usize) -> (bool, Duration) {
     let mut stream = tokio::net::TcpStream::connect(address)
         .await
