@@ -16,6 +16,7 @@ pub mod errors;
 pub mod file_watch;
 pub mod headers;
 pub mod health;
+pub mod keepalive;
 pub mod lifecycle;
 pub mod limits;
 pub mod logging;

@@ -50,7 +50,13 @@ pub struct StreamControl {
     request_deadline: AtomicU64,
     /// Set when the request deadline failed a read.
     request_deadline_fired: AtomicBool,
+    /// How long the connection may wait for its next request, in milliseconds, or 0 when no
+    /// request has set it yet.
+    idle_timeout_millis: AtomicU64,
 }
+
+/// The wait for a next request when no request has set one: Pingora's default keep-alive.
+const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Returns the process-wide origin of the deadlines stored as integers.
 fn clock_origin() -> Instant {
@@ -86,6 +92,22 @@ impl StreamControl {
             .as_nanos()
             .max(1) as u64;
         self.request_deadline.store(nanos, Ordering::Release);
+    }
+
+    /// Sets how long the connection may wait for its next request after this one.
+    pub fn set_idle_timeout(&self, timeout: Duration) {
+        let millis = u64::try_from(timeout.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        self.idle_timeout_millis.store(millis, Ordering::Release);
+    }
+
+    /// Returns how long the connection may wait for its next request.
+    pub fn idle_timeout(&self) -> Duration {
+        match self.idle_timeout_millis.load(Ordering::Acquire) {
+            0 => DEFAULT_IDLE_TIMEOUT,
+            millis => Duration::from_millis(millis),
+        }
     }
 
     /// True when the request deadline has failed a client read.

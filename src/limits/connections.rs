@@ -3,20 +3,20 @@
 //!
 //! Pingora has no hook for a connection's end, so the proxy app is wrapped: a new connection
 //! is admitted or closed at once, before any request is read, and its stream is wrapped in
-//! [`CountedStream`], whose drop releases the count. Pingora serves the kept-alive requests of
-//! an HTTP/1 connection within one call of the app. A stream that comes back wrapped anyway
-//! is passed through as it is.
+//! [`CountedStream`], whose drop releases the count. The connection is then served in a task
+//! of its own: HTTP/1 by the keep-alive loop in [`crate::keepalive`], HTTP/2 by Pingora's.
 //!
 //! NOTE: on a TLS listener the check runs after the TLS handshake, because Pingora performs
 //! the handshake before it calls the app; connections still in their handshake are not
 //! counted (Pingora bounds a handshake to 60 s).
 
 use crate::config::RuntimeConfig;
+use crate::keepalive::serve_http1;
 use crate::limits::client_deadlines::{HeaderDeadline, RequestDeadline, StreamControl};
 use crate::metrics::metrics;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
-use pingora_core::apps::ServerApp;
+use pingora_core::apps::{HttpServerApp, ServerApp};
 use pingora_core::protocols::raw_connect::ProxyDigest;
 use pingora_core::protocols::tls::{SslDigest, TlsRef};
 use pingora_core::protocols::{
@@ -123,13 +123,61 @@ pub struct CountedStream {
     inner: Stream,
     header_deadline: HeaderDeadline,
     request_deadline: RequestDeadline,
+    /// Bytes read ahead while the connection waited for its next request, returned by the
+    /// next reads. Allocated at the first such wait and kept for the connection's life.
+    read_ahead: Option<Box<ReadAhead>>,
     _slot: ConnectionSlot,
+}
+
+/// Room for the first bytes of a next request. A whole header from an API client or a load
+/// generator fits, and Pingora then parses it without another system call. A larger header
+/// takes one more read.
+const READ_AHEAD_CAPACITY: usize = 1024;
+
+struct ReadAhead {
+    bytes: [u8; READ_AHEAD_CAPACITY],
+    /// The unread bytes are `bytes[start..end]`.
+    start: usize,
+    end: usize,
+}
+
+impl std::fmt::Debug for ReadAhead {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReadAhead")
+            .field("unread", &(self.end - self.start))
+            .finish_non_exhaustive()
+    }
 }
 
 impl CountedStream {
     /// Progress flag of the current request header, for the proxy to mark it complete.
     pub fn stream_control(&self) -> &Arc<StreamControl> {
         self.header_deadline.progress()
+    }
+
+    /// Waits for the first bytes of the client's next request and keeps them for the next
+    /// reads, so that nothing of the request is allocated while the connection is idle.
+    /// Resolves to the number of bytes read: 0 when the client has closed the connection.
+    pub fn poll_read_ahead(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
+        let ahead = self.read_ahead.get_or_insert_with(|| {
+            Box::new(ReadAhead {
+                bytes: [0; READ_AHEAD_CAPACITY],
+                start: 0,
+                end: 0,
+            })
+        });
+        if ahead.start < ahead.end {
+            return Poll::Ready(Ok(ahead.end - ahead.start));
+        }
+        let mut buf = ReadBuf::new(&mut ahead.bytes);
+        // Through the header deadline, whose timer starts with the first byte.
+        std::task::ready!(self
+            .header_deadline
+            .poll_read(&mut self.inner, cx, &mut buf))?;
+        let read = buf.filled().len();
+        ahead.start = 0;
+        ahead.end = read;
+        Poll::Ready(Ok(read))
     }
 }
 
@@ -149,6 +197,8 @@ pub struct ConnectionLimitedApp<A> {
     listeners: Vec<ListenerLabel>,
     /// Gauge for a connection whose local address matches no listener (not expected).
     fallback: IntGauge,
+    /// Turns true when the connections that wait for a next request are to close.
+    close_idle: tokio::sync::watch::Sender<bool>,
 }
 
 impl<A> ConnectionLimitedApp<A> {
@@ -172,6 +222,7 @@ impl<A> ConnectionLimitedApp<A> {
                 })
                 .collect(),
             fallback: gauge("other"),
+            close_idle: tokio::sync::watch::Sender::new(false),
         }
     }
 
@@ -193,51 +244,70 @@ impl<A> ConnectionLimitedApp<A> {
     }
 }
 
+impl<A: HttpServerApp + Send + Sync + 'static> ConnectionLimitedApp<A> {
+    /// Serves an admitted connection until it closes: HTTP/1 in gatehouse's own keep-alive
+    /// loop, anything else (HTTP/2, h2c) in Pingora's.
+    async fn serve(&self, stream: Stream, control: &StreamControl, shutdown: &ShutdownWatch) {
+        let options = self.inner.server_options();
+        let plain = stream.get_ssl_digest().is_none();
+        let pingora_loop = options.is_some_and(|o| o.force_custom || (o.h2c && plain))
+            || matches!(
+                stream.selected_alpn_proto(),
+                Some(ALPN::H2) | Some(ALPN::Custom(_))
+            );
+        if !pingora_loop {
+            let closing = self.close_idle.subscribe();
+            return serve_http1(&self.inner, stream, control, shutdown, closing).await;
+        }
+        let mut next = ServerApp::process_new(&self.inner, stream, shutdown).await;
+        while let Some(stream) = next {
+            next = ServerApp::process_new(&self.inner, stream, shutdown).await;
+        }
+    }
+}
+
 fn local_address(stream: &Stream) -> Option<SocketAddr> {
     let digest = stream.get_socket_digest()?;
     digest.local_addr()?.as_inet().copied()
 }
 
 #[async_trait]
-impl<A: ServerApp + Send + Sync + 'static> ServerApp for ConnectionLimitedApp<A> {
+impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for ConnectionLimitedApp<A> {
     async fn process_new(
         self: &Arc<Self>,
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        let header_timeout = self.config.load().timeouts.downstream_header;
-        let already_counted = (*stream).as_any().is::<CountedStream>();
-        let stream: Stream = if already_counted {
-            stream
-        } else {
-            let gauge = self.gauge_for(local_address(&stream));
-            match self.tracker.try_admit(gauge) {
-                Some(slot) => {
-                    let header_deadline = if stream.selected_alpn_proto() == Some(ALPN::H2) {
-                        HeaderDeadline::off()
-                    } else {
-                        HeaderDeadline::armed(header_timeout)
-                    };
-                    Box::new(CountedStream {
-                        inner: stream,
-                        header_deadline,
-                        request_deadline: RequestDeadline::default(),
-                        _slot: slot,
-                    })
-                }
-                None => {
-                    metrics().rejected_connections_total.inc();
-                    // Dropping the stream closes the connection without reading from it.
-                    return None;
-                }
-            }
+        let gauge = self.gauge_for(local_address(&stream));
+        let Some(slot) = self.tracker.try_admit(gauge) else {
+            metrics().rejected_connections_total.inc();
+            // Dropping the stream closes the connection without reading from it.
+            return None;
         };
-        self.inner.process_new(stream, shutdown).await
+        let header_deadline = if stream.selected_alpn_proto() == Some(ALPN::H2) {
+            HeaderDeadline::off()
+        } else {
+            HeaderDeadline::armed(self.config.load().timeouts.downstream_header)
+        };
+        let control = header_deadline.progress().clone();
+        let stream: Stream = Box::new(CountedStream {
+            inner: stream,
+            header_deadline,
+            request_deadline: RequestDeadline::default(),
+            read_ahead: None,
+            _slot: slot,
+        });
+        // Pingora's task for a connection also contains the future of its TLS handshake. The
+        // connection goes on in a smaller task of its own, and Pingora's task ends here.
+        let app = self.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move { app.serve(stream, &control, &shutdown).await });
+        None
     }
 
     async fn cleanup(&self) {
-        // Pingora's cleanup closes every keep-alive connection that waits for its next
-        // request. A client may have sent that request already and would see the connection
+        // `close_idle` and Pingora's cleanup close every keep-alive connection that waits for
+        // its next request. A client may have sent that request already and would see the connection
         // reset, so connections first get a short window in which their next request is
         // still served, with `Connection: close` because the shutdown has started.
         // The window lasts at least `ACCEPTED_SETTLE_TIME`, so that connections accepted just
@@ -252,6 +322,7 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for ConnectionLimitedApp<A>
             open_connections = self.tracker.open(),
             "closing the client connections that wait for a next request"
         );
+        self.close_idle.send_replace(true);
         self.inner.cleanup().await;
         // Pingora calls this after its accept loops have ended, and the task of a connection
         // accepted just before was spawned ahead of this one.
@@ -271,6 +342,12 @@ impl AsyncRead for CountedStream {
         let control = this.header_deadline.progress();
         if let Some(error) = this.request_deadline.poll_expired(control, cx) {
             return Poll::Ready(Err(error));
+        }
+        if let Some(ahead) = this.read_ahead.as_mut().filter(|a| a.start < a.end) {
+            let count = (ahead.end - ahead.start).min(buf.remaining());
+            buf.put_slice(&ahead.bytes[ahead.start..ahead.start + count]);
+            ahead.start += count;
+            return Poll::Ready(Ok(()));
         }
         this.header_deadline.poll_read(&mut this.inner, cx, buf)
     }

@@ -6,9 +6,10 @@
 //!   upstream request is aborted.
 //! - `downstream_write`: Pingora's write timeout, which bounds each wait for the client to
 //!   take response bytes. When it expires the client connection is closed.
-//! - `downstream_idle`: Pingora's keep-alive timeout, which bounds each wait for bytes of the
-//!   next request on a kept-alive connection. Pingora takes it in whole seconds, so it is
-//!   rounded up.
+//! - `downstream_idle`: the wait for the first byte of the next request on a kept-alive
+//!   connection (`crate::keepalive`), then Pingora's keep-alive timeout, which bounds each
+//!   further read of that request's header. Pingora takes it in whole seconds, so it is
+//!   rounded up, and the wait uses the same value.
 //!
 //! All three bound single waits (an idle time), not a total. `downstream_header` and `request`
 //! are deadlines; they run on the client stream, see `limits::client_deadlines`.
@@ -17,6 +18,7 @@ use crate::context::RequestContext;
 use crate::errors::CLIENT_CLOSED_REQUEST;
 use pingora_error::{Error, ErrorSource, ErrorType};
 use pingora_proxy::Session;
+use std::time::Duration;
 
 /// Sets the body read, response write and keep-alive idle timeouts for this request, from
 /// its route or, for requests that match none, from the top-level `timeouts`. While the
@@ -34,6 +36,10 @@ pub fn apply_downstream_timeouts(session: &mut Session, ctx: &RequestContext, sh
     }
     let idle_seconds = timeouts.downstream_idle.as_millis().div_ceil(1000).max(1) as u64;
     session.set_keepalive(Some(idle_seconds));
+    // The wait before the next request's first byte runs in `keepalive`, on the same value.
+    if let Some(control) = super::stream_control(session) {
+        control.set_idle_timeout(Duration::from_secs(idle_seconds));
+    }
 }
 
 /// Names the timeout that ended a request, as the `kind` label of `gatehouse_timeouts_total`,
