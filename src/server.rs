@@ -11,6 +11,7 @@ use crate::reload::ReloadService;
 use arc_swap::ArcSwap;
 use pingora_core::apps::http_app::HttpServer;
 use pingora_core::listeners::tls::TlsSettings;
+use pingora_core::listeners::{L4BufferSettings, ListenerConfig};
 use pingora_core::server::configuration::{Opt, ServerConf};
 use pingora_core::server::{RunArgs, Server};
 use pingora_core::services::background::background_service;
@@ -132,7 +133,13 @@ pub fn run(config: RuntimeConfig, options: ProcessOptions) {
     for listener in &listeners {
         let addr = listener.addr.to_string();
         match &listener.tls {
-            None => proxy.add_tcp(&addr),
+            // Pingora gives every accepted connection a 64 KiB read buffer under the HTTP
+            // session's own. It spares system calls under TLS, whose records are read in
+            // pieces, but on plain TCP it only adds a copy of every byte read, and its first
+            // page stays resident for as long as the connection is open.
+            None => proxy.add_listener(
+                ListenerConfig::tcp(addr).l4_buffer(L4BufferSettings::default().read(0)),
+            ),
             Some(tls) => {
                 let settings = TlsSettings::intermediate(
                     &tls.cert.to_string_lossy(),
