@@ -27,43 +27,16 @@ if ! [[ $low =~ ^[1-9][0-9]*$ && $high =~ ^[1-9][0-9]*$ && $functions =~ ^[1-9][
   exit 2
 fi
 
-work=$(mktemp -d /tmp/gatehouse-instructions.XXXXXX)
-chmod 755 "$work"
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill -INT "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-missing=()
-command -v valgrind >/dev/null || missing+=(valgrind)
-command -v nginx >/dev/null || missing+=(nginx-light)
-command -v h2load >/dev/null || missing+=(nghttp2-client)
-if [ ${#missing[@]} -gt 0 ]; then
-  echo "installing ${missing[*]}" >&2
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
+. bench/common.sh
+bench_workdir gatehouse-instructions
+bench_install valgrind=valgrind nginx=nginx-light h2load=nghttp2-client
 .ci/prereqs
 cargo build --release --quiet --bin gatehouse
 cargo build --release --quiet --example bare_proxy
 target_dir=${CARGO_TARGET_DIR:-target}
 mkdir "$work/bin"
 cp "$target_dir/release/gatehouse" "$target_dir/release/examples/bare_proxy" "$work/bin/"
-
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
-backend_port=$(free_port)
-mkdir "$work/backend"
-head -c $((64 * 1024)) /dev/urandom > "$work/backend/big"
-chmod 644 "$work/backend/big"
-sed -e "s|@DIR@|$work/backend|g" -e "s|@PORT@|$backend_port|g" bench/backend-nginx.conf.in \
-  > "$work/backend/nginx.conf"
-nginx -c "$work/backend/nginx.conf" -p "$work/backend" -g 'daemon off;' 2> "$work/backend/stderr" &
-pids+=($!)
+start_backend
 
 # Runs TARGET (gatehouse or bare) under cachegrind for REQUESTS requests and appends the
 # output file's path to `outputs`. It runs in this shell, not in a subshell, so that its
@@ -75,9 +48,7 @@ measure() {
   case $target in
     gatehouse)
       admin_port=$(free_port)
-      sed -e "s|@PORT@|$port|g" -e "s|@ADMIN_PORT@|$admin_port|g" \
-        -e "s|@BACKEND_PORT@|$backend_port|g" -e '/^  # @FILLER_ROUTES@$/d' \
-        bench/gatehouse-compare.yaml.in > "$work/gateway.yaml"
+      gatehouse_config "$port" "$admin_port" "$work/gateway.yaml"
       command=("$work/bin/gatehouse" -c "$work/gateway.yaml")
       ;;
     bare) command=("$work/bin/bare_proxy" "127.0.0.1:$port" "127.0.0.1:$backend_port" 1) ;;
@@ -85,13 +56,10 @@ measure() {
 
   valgrind --tool=cachegrind --cache-sim=no --cachegrind-out-file="$out" "${command[@]}" \
     > /dev/null 2> "$work/$target.stderr" &
-  local pid=$! _
+  local pid=$!
   pids+=("$pid")
   # Under valgrind the program starts many times slower than usual, so the wait is long.
-  for _ in $(seq 1 600); do
-    curl -fs -o /dev/null "http://127.0.0.1:$port/small" && break
-    sleep 0.1
-  done
+  wait_for_http "http://127.0.0.1:$port/small"
 
   local result
   result=$(timeout 300 h2load --h1 -n "$requests" -c 10 "http://127.0.0.1:$port/small" | grep '^requests:')

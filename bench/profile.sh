@@ -22,56 +22,25 @@ if ! [[ $seconds =~ ^[1-9][0-9]*$ ]]; then
   exit 2
 fi
 mkdir -p "$out"
-work=$(mktemp -d /tmp/gatehouse-profile-run.XXXXXX)
-chmod 755 "$work"
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill -INT "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-missing=()
-command -v wrk >/dev/null || missing+=(wrk)
-command -v nginx >/dev/null || missing+=(nginx-light)
-command -v perf >/dev/null || missing+=(linux-perf)
-if [ ${#missing[@]} -gt 0 ]; then
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
+. bench/common.sh
+bench_workdir gatehouse-profile-run
+bench_install wrk=wrk nginx=nginx-light perf=linux-perf
 .ci/prereqs
 cargo build --profile profiling --quiet --bin gatehouse
 gatehouse="${CARGO_TARGET_DIR:-target}/profiling/gatehouse"
 cp "$gatehouse" "$out/gatehouse"
 
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
-backend_port=$(free_port)
+start_backend 1
 port=$(free_port)
 admin_port=$(free_port)
-
-mkdir "$work/backend"
-head -c $((64 * 1024)) /dev/urandom > "$work/backend/big"
-chmod 644 "$work/backend/big"
-sed -e "s|@DIR@|$work/backend|g" -e "s|@PORT@|$backend_port|g" bench/backend-nginx.conf.in \
-  > "$work/backend/nginx.conf"
-taskset -c 1 nginx -c "$work/backend/nginx.conf" -p "$work/backend" -g 'daemon off;' &
-pids+=($!)
-
-sed -e "s|@PORT@|$port|g" -e "s|@ADMIN_PORT@|$admin_port|g" -e "s|@BACKEND_PORT@|$backend_port|g" \
-  -e '/^  # @FILLER_ROUTES@$/d' bench/gatehouse-compare.yaml.in > "$work/gateway.yaml"
+gatehouse_config "$port" "$admin_port" "$work/gateway.yaml"
 taskset -c 0 "$out/gatehouse" -c "$work/gateway.yaml" --pid-file "$work/gatehouse.pid" \
   --upgrade-sock "$work/upgrade.sock" >> "$work/access.log" 2> "$work/gatehouse.err" &
 gatehouse_pid=$!
 pids+=("$gatehouse_pid")
 
-for _ in $(seq 1 300); do
-  curl -fs -o /dev/null "http://127.0.0.1:$port/small" && break
-  sleep 0.1
-done
 url="http://127.0.0.1:$port/small"
+wait_for_http "$url"
 taskset -c 1 wrk -t1 -c50 -d2s "$url" > /dev/null  # warm-up
 
 # perf starts first and stops one second before wrk, so every sample is taken under load.
