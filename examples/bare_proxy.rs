@@ -1,7 +1,7 @@
 //! The smallest Pingora reverse proxy: every request goes to one upstream over plain HTTP/1.1,
 //! with Pingora's default upstream keep-alive pool and no routing, header rules, logging or
 //! metrics. It uses gatehouse's allocator, jemalloc, with jemalloc's default options rather
-//! than the two that gatehouse sets. `bench/compare.sh` runs it as the baseline that shows
+//! than the ones that gatehouse sets. `bench/compare.sh` runs it as the baseline that shows
 //! what gatehouse's features cost on top of Pingora itself.
 //!
 //! Usage: `bare_proxy LISTEN_ADDR UPSTREAM_ADDR THREADS`, for example
