@@ -9,7 +9,7 @@
 //! and starts the request only then. Pingora's first read takes those bytes from that buffer,
 //! so a request header that fits costs no more system calls than before.
 
-use crate::limits::client_deadlines::StreamControl;
+use crate::limits::client_deadlines::DEFAULT_IDLE_TIMEOUT;
 use crate::limits::connections::CountedStream;
 use pingora_core::apps::HttpServerApp;
 use pingora_core::protocols::http::ServerSession;
@@ -17,26 +17,19 @@ use pingora_core::protocols::Stream;
 use pingora_core::server::ShutdownWatch;
 use std::future::poll_fn;
 use std::sync::Arc;
-use std::time::Duration;
 use tokio::sync::watch;
 
-/// Pingora's keep-alive timeout for the first request of a connection, which this loop keeps.
-const FIRST_REQUEST_KEEPALIVE_SECONDS: u64 = 60;
-
-/// Serves the requests of an HTTP/1 connection until it closes.
-///
-/// `control` is the state shared with the client stream, which stores the idle timeout of
-/// the last request. `closing` turns true when the process closes its idle connections.
+/// Serves the requests of an HTTP/1 connection until it closes. `closing` turns true when the
+/// process closes its idle connections.
 pub async fn serve_http1<A: HttpServerApp + Send + Sync + 'static>(
     app: &Arc<A>,
     stream: Stream,
-    control: &StreamControl,
     shutdown: &ShutdownWatch,
     mut closing: watch::Receiver<bool>,
 ) {
     let mut session = ServerSession::new_http1(stream);
-    // As in Pingora's loop: no keep-alive once the shutdown has started.
-    let first_keepalive = (!*shutdown.borrow()).then_some(FIRST_REQUEST_KEEPALIVE_SECONDS);
+    // As in Pingora's loop: its default keep-alive, and none once the shutdown has started.
+    let first_keepalive = (!*shutdown.borrow()).then_some(DEFAULT_IDLE_TIMEOUT.as_secs());
     session.set_keepalive(first_keepalive);
     session.set_keepalive_reuses_remaining(
         app.server_options()
@@ -47,9 +40,7 @@ pub async fn serve_http1<A: HttpServerApp + Send + Sync + 'static>(
             return;
         };
         let (stream, settings) = reused.consume();
-        let Some(stream) =
-            wait_for_next_request(stream, control.idle_timeout(), &mut closing).await
-        else {
+        let Some(stream) = wait_for_next_request(stream, &mut closing).await else {
             // The stream was dropped, which closed the connection.
             return;
         };
@@ -60,14 +51,14 @@ pub async fn serve_http1<A: HttpServerApp + Send + Sync + 'static>(
     }
 }
 
-/// Waits until the client sends the first bytes of its next request, for at most `idle`, and
-/// returns the stream with those bytes kept for Pingora's read. Returns None when the
+/// Waits until the client sends the first bytes of its next request, for at most the idle
+/// timeout of the last request, and returns the stream with those bytes kept for Pingora's
+/// read. Returns None when the
 /// connection should close instead: the idle time ran out, the client closed or the stream
 /// failed, or the process is closing its idle connections. A request already on its way is
 /// preferred over closing.
 async fn wait_for_next_request(
     stream: Stream,
-    idle: Duration,
     closing: &mut watch::Receiver<bool>,
 ) -> Option<Stream> {
     if !(*stream).as_any().is::<CountedStream>() {
@@ -75,6 +66,7 @@ async fn wait_for_next_request(
         return Some(stream);
     }
     let mut counted: Box<CountedStream> = stream.into_any().downcast().ok()?;
+    let idle = counted.stream_control().idle_timeout();
     let read_ahead = poll_fn(|cx| counted.poll_read_ahead(cx));
     let more = tokio::select! {
         biased;

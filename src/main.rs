@@ -11,9 +11,9 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 /// upstream response. Blocks of that size bypass the thread cache unless `tcache_max` allows
 /// them, and then take jemalloc's slower extent path on every request. A thread cache of at
 /// least 100 blocks per size class absorbs the swings in live request state when many
-/// connections start and end requests at once. The cache's garbage collection, which returns blocks to the
-/// arena, runs after every 1 MiB allocated instead of every 64 KiB, which was about once per
-/// request. Each thread may keep a few MiB more cached.
+/// connections start and end requests at once. The cache's garbage collection, which returns
+/// blocks to the arena, runs after every 1 MiB allocated instead of every 64 KiB, which was
+/// about once per request. Each thread may keep a few MiB more cached.
 #[export_name = "_rjem_malloc_conf"]
 pub static JEMALLOC_OPTIONS: &[u8; 74] =
     b"tcache_max:65536,tcache_nslots_small_min:100,tcache_gc_incr_bytes:1048576\0";

@@ -56,7 +56,7 @@ pub struct StreamControl {
 }
 
 /// The wait for a next request when no request has set one: Pingora's default keep-alive.
-const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Returns the process-wide origin of the deadlines stored as integers.
 fn clock_origin() -> Instant {

@@ -247,7 +247,7 @@ impl<A> ConnectionLimitedApp<A> {
 impl<A: HttpServerApp + Send + Sync + 'static> ConnectionLimitedApp<A> {
     /// Serves an admitted connection until it closes: HTTP/1 in gatehouse's own keep-alive
     /// loop, anything else (HTTP/2, h2c) in Pingora's.
-    async fn serve(&self, stream: Stream, control: &StreamControl, shutdown: &ShutdownWatch) {
+    async fn serve(&self, stream: Stream, shutdown: &ShutdownWatch) {
         let options = self.inner.server_options();
         let plain = stream.get_ssl_digest().is_none();
         let pingora_loop = options.is_some_and(|o| o.force_custom || (o.h2c && plain))
@@ -257,7 +257,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> ConnectionLimitedApp<A> {
             );
         if !pingora_loop {
             let closing = self.close_idle.subscribe();
-            return serve_http1(&self.inner, stream, control, shutdown, closing).await;
+            return serve_http1(&self.inner, stream, shutdown, closing).await;
         }
         let mut next = ServerApp::process_new(&self.inner, stream, shutdown).await;
         while let Some(stream) = next {
@@ -289,7 +289,6 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for ConnectionLimitedAp
         } else {
             HeaderDeadline::armed(self.config.load().timeouts.downstream_header)
         };
-        let control = header_deadline.progress().clone();
         let stream: Stream = Box::new(CountedStream {
             inner: stream,
             header_deadline,
@@ -301,15 +300,15 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for ConnectionLimitedAp
         // connection goes on in a smaller task of its own, and Pingora's task ends here.
         let app = self.clone();
         let shutdown = shutdown.clone();
-        tokio::spawn(async move { app.serve(stream, &control, &shutdown).await });
+        tokio::spawn(async move { app.serve(stream, &shutdown).await });
         None
     }
 
     async fn cleanup(&self) {
         // `close_idle` and Pingora's cleanup close every keep-alive connection that waits for
-        // its next request. A client may have sent that request already and would see the connection
-        // reset, so connections first get a short window in which their next request is
-        // still served, with `Connection: close` because the shutdown has started.
+        // its next request. A client may have sent that request already and would see the
+        // connection reset, so connections first get a short window in which their next
+        // request is still served, with `Connection: close` because the shutdown has started.
         // The window lasts at least `ACCEPTED_SETTLE_TIME`, so that connections accepted just
         // before the listeners closed are counted and read their first request.
         tokio::time::sleep(ACCEPTED_SETTLE_TIME).await;
