@@ -4,6 +4,8 @@
 #   bench_workdir PREFIX    makes the scratch folder `work` and the process list `pids`, and
 #                           stops every listed process and removes `work` when the script ends
 #   bench_install CMD=PKG…  installs each Debian package PKG whose command CMD is missing
+#   build_proxies           builds gatehouse and the bare proxy (examples/bare_proxy.rs) and
+#                           copies both into `$work/bin`
 #   free_port               prints a free TCP port on 127.0.0.1
 #   start_backend [CPUS]    starts the backend nginx (bench/backend-nginx.conf.in) under
 #                           `taskset -c CPUS` when given, and sets `backend_port`
@@ -35,6 +37,18 @@ bench_install() {
     echo "installing ${missing[*]}" >&2
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
   fi
+}
+
+build_proxies() {
+  .ci/prereqs
+  # Two builds, because building an example turns on the features that the dev-dependencies
+  # request. The binary built alone is the gatehouse that `cargo build --release` ships.
+  cargo build --release --quiet --bin gatehouse
+  cargo build --release --quiet --example bare_proxy
+  local target_dir=${CARGO_TARGET_DIR:-target}
+  mkdir "$work/bin"
+  # Copies, so that another build into the same directory cannot replace them mid-run.
+  cp "$target_dir/release/gatehouse" "$target_dir/release/examples/bare_proxy" "$work/bin/"
 }
 
 free_port() {

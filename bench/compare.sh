@@ -111,24 +111,13 @@ if [[ " $scenarios " == *" idle "* ]] && [ "$(ulimit -n)" -lt $((idle_connection
   exit 1
 fi
 
-.ci/prereqs
-# Two builds, because building an example turns on the features that the dev-dependencies
-# request. The binary built alone is the gatehouse that `cargo build --release` ships.
-cargo build --release --quiet --bin gatehouse
-cargo build --release --quiet --example bare_proxy
-target_dir=${CARGO_TARGET_DIR:-target}
-mkdir "$work/bin"
-# Copies, so that another build into the same directory cannot replace them mid-run.
-cp "$target_dir/release/gatehouse" "$target_dir/release/examples/bare_proxy" "$work/bin/"
+. bench/common.sh  # build_proxies, free_port
+build_proxies
 
 echo "machine: $(nproc) CPUs ($(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)), Linux $(uname -r)"
 echo "versions: $(nginx -v 2>&1 | sed 's/^nginx version: //'), $(haproxy -v | head -1 | cut -d' ' -f1-3)," \
   "$(wrk -v 2>&1 | head -1 | cut -d' ' -f1-2), $(h2load --version | head -1), $(rustc --version | cut -d' ' -f1-2)"
 echo "scenarios: $scenarios; $rounds round(s) of ${seconds} s per target"
-
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
 
 # Copies TEMPLATE to OUT with each @NAME@ replaced, for arguments NAME=VALUE.
 render() {

@@ -30,12 +30,7 @@ fi
 . bench/common.sh
 bench_workdir gatehouse-instructions
 bench_install valgrind=valgrind nginx=nginx-light h2load=nghttp2-client
-.ci/prereqs
-cargo build --release --quiet --bin gatehouse
-cargo build --release --quiet --example bare_proxy
-target_dir=${CARGO_TARGET_DIR:-target}
-mkdir "$work/bin"
-cp "$target_dir/release/gatehouse" "$target_dir/release/examples/bare_proxy" "$work/bin/"
+build_proxies
 start_backend
 
 # Runs TARGET (gatehouse or bare) under cachegrind for REQUESTS requests and appends the
