@@ -108,15 +108,7 @@ impl HeaderOps {
 /// tokens are read from the original client request. The gateway adds its own headers after
 /// this step, so a client that names `X-Forwarded-For` only drops the value it sent itself.
 pub fn remove_connection_nominated(client: &RequestHeader, upstream: &mut RequestHeader) {
-    let tokens = client
-        .headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .flat_map(|value| value.as_bytes().split(|&b| b == b','))
-        .map(<[u8]>::trim_ascii)
-        .filter(|token| !token.is_empty())
-        .take(MAX_CONNECTION_TOKENS);
-    for token in tokens {
+    for token in connection_tokens(&client.headers) {
         let Ok(name) = HeaderName::from_bytes(token) else {
             continue;
         };
@@ -153,25 +145,58 @@ pub fn remove_unannounced_upgrade(request: &mut RequestHeader) {
 /// on a 101, are left to Pingora, which rewrites them for the client connection and needs them
 /// to frame the body.
 pub fn remove_response_hop_by_hop(response: &mut ResponseHeader) {
-    response.remove_header(&KEEP_ALIVE);
-    response.remove_header(&PROXY_CONNECTION);
-    if response.status != http::StatusCode::SWITCHING_PROTOCOLS {
-        // Upgrade only means something on a 101.
+    // One pass over the names finds the ones present. Most responses carry none of them but
+    // `Connection`, and removing an absent name would still hash it.
+    let (mut keep_alive, mut proxy_connection, mut upgrade, mut connection) =
+        (false, false, false, false);
+    for name in response.headers.keys() {
+        if name == header::CONNECTION {
+            connection = true;
+        } else if name == header::UPGRADE {
+            upgrade = true;
+        } else if name == KEEP_ALIVE {
+            keep_alive = true;
+        } else if name == PROXY_CONNECTION {
+            proxy_connection = true;
+        }
+    }
+    if keep_alive {
+        response.remove_header(&KEEP_ALIVE);
+    }
+    if proxy_connection {
+        response.remove_header(&PROXY_CONNECTION);
+    }
+    // Upgrade only means something on a 101.
+    if upgrade && response.status != http::StatusCode::SWITCHING_PROTOCOLS {
         response.remove_header(&header::UPGRADE);
     }
-    let nominated: Vec<HeaderName> = response
-        .headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .flat_map(|value| value.as_bytes().split(|&b| b == b','))
-        .map(<[u8]>::trim_ascii)
+    if !connection {
+        return;
+    }
+    let nominated: Vec<HeaderName> = connection_tokens(&response.headers)
         .filter_map(|token| HeaderName::from_bytes(token).ok())
         .filter(|name| !is_hop_by_hop(name) && name != header::CONTENT_LENGTH)
-        .take(MAX_CONNECTION_TOKENS)
         .collect();
     for name in nominated {
         response.remove_header(&name);
     }
+}
+
+/// The tokens of a message's `Connection` header that may name another header, at most
+/// [`MAX_CONNECTION_TOKENS`] of them. The connection options `close` and `keep-alive`, the
+/// usual values, name none (`Keep-Alive` is removed as a hop-by-hop header anyway) and are
+/// skipped before they cost a parse into a `HeaderName`.
+fn connection_tokens(headers: &http::HeaderMap) -> impl Iterator<Item = &[u8]> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .flat_map(|value| value.as_bytes().split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|token| !token.is_empty())
+        .take(MAX_CONNECTION_TOKENS)
+        .filter(|token| {
+            !token.eq_ignore_ascii_case(b"close") && !token.eq_ignore_ascii_case(b"keep-alive")
+        })
 }
 
 /// Returns true when a client-sent request id may be kept: 1 to 128 characters from
@@ -225,6 +250,38 @@ mod tests {
             push_ip(&mut out, address);
             assert_eq!(out, address.to_string().into_bytes(), "text of {text}");
         }
+    }
+
+    #[test]
+    fn response_hop_by_hop_removal() {
+        let response = |status: u16| {
+            let mut response = ResponseHeader::build(status, None).unwrap();
+            for (name, value) in [
+                ("Connection", "Keep-Alive, close, X-Secret"),
+                ("Keep-Alive", "timeout=5"),
+                ("Proxy-Connection", "keep-alive"),
+                ("Upgrade", "websocket"),
+                ("X-Secret", "s"),
+                ("Content-Length", "0"),
+            ] {
+                response.append_header(name, value).unwrap();
+            }
+            remove_response_hop_by_hop(&mut response);
+            let mut names: Vec<&str> = response.headers.keys().map(HeaderName::as_str).collect();
+            names.sort_unstable();
+            names.join(" ")
+        };
+        assert_eq!(response(200), "connection content-length");
+        assert_eq!(response(101), "connection content-length upgrade");
+
+        let mut plain = ResponseHeader::build(200, None).unwrap();
+        plain.append_header("Content-Length", "2").unwrap();
+        remove_response_hop_by_hop(&mut plain);
+        assert_eq!(
+            plain.headers.len(),
+            1,
+            "a response without hop-by-hop headers"
+        );
     }
 
     #[test]

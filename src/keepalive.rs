@@ -16,8 +16,10 @@ use pingora_core::protocols::http::ServerSession;
 use pingora_core::protocols::Stream;
 use pingora_core::server::ShutdownWatch;
 use std::future::poll_fn;
+use std::pin::Pin;
 use std::sync::Arc;
 use tokio::sync::watch;
+use tokio::time::{Instant, Sleep};
 
 /// Serves the requests of an HTTP/1 connection until it closes. `closing` turns true when the
 /// process closes its idle connections.
@@ -35,12 +37,18 @@ pub async fn serve_http1<A: HttpServerApp + Send + Sync + 'static>(
         app.server_options()
             .and_then(|options| options.keepalive_request_limit),
     );
+    // One timer for every wait of the connection. Moving a registered timer to a later
+    // deadline only records the new deadline, where a new timer per wait would be added to
+    // and removed from Tokio's timer wheel each time.
+    let idle_timer = tokio::time::sleep(DEFAULT_IDLE_TIMEOUT);
+    tokio::pin!(idle_timer);
     loop {
         let Some(reused) = app.process_new_http(session, shutdown).await else {
             return;
         };
         let (stream, settings) = reused.consume();
-        let Some(stream) = wait_for_next_request(stream, &mut closing).await else {
+        let next = wait_for_next_request(stream, idle_timer.as_mut(), &mut closing).await;
+        let Some(stream) = next else {
             // The stream was dropped, which closed the connection.
             return;
         };
@@ -59,6 +67,7 @@ pub async fn serve_http1<A: HttpServerApp + Send + Sync + 'static>(
 /// preferred over closing.
 async fn wait_for_next_request(
     stream: Stream,
+    mut timer: Pin<&mut Sleep>,
     closing: &mut watch::Receiver<bool>,
 ) -> Option<Stream> {
     if !(*stream).as_any().is::<CountedStream>() {
@@ -67,10 +76,12 @@ async fn wait_for_next_request(
     }
     let mut counted: Box<CountedStream> = stream.into_any().downcast().ok()?;
     let idle = counted.stream_control().idle_timeout();
+    timer.as_mut().reset(Instant::now() + idle);
     let read_ahead = poll_fn(|cx| counted.poll_read_ahead(cx));
     let more = tokio::select! {
         biased;
-        read = tokio::time::timeout(idle, read_ahead) => matches!(read, Ok(Ok(read)) if read > 0),
+        read = read_ahead => matches!(read, Ok(read) if read > 0),
+        _ = timer => false,
         _ = closing.wait_for(|closing| *closing) => false,
     };
     more.then_some(counted)
