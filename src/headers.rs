@@ -182,10 +182,10 @@ pub fn remove_response_hop_by_hop(response: &mut ResponseHeader) {
     }
 }
 
-/// The tokens of a message's `Connection` header that may name another header, at most
-/// [`MAX_CONNECTION_TOKENS`] of them. The connection options `close` and `keep-alive`, the
-/// usual values, name none (`Keep-Alive` is removed as a hop-by-hop header anyway) and are
-/// skipped before they cost a parse into a `HeaderName`.
+/// Returns the tokens of a message's `Connection` header that may name another header, at
+/// most [`MAX_CONNECTION_TOKENS`] of them. The usual values, the connection options `close`
+/// and `keep-alive`, name no header to remove (`Keep-Alive` goes as a hop-by-hop header
+/// anyway), so they are skipped before they cost a parse into a `HeaderName`.
 fn connection_tokens(headers: &http::HeaderMap) -> impl Iterator<Item = &[u8]> {
     headers
         .get_all(header::CONNECTION)
