@@ -125,6 +125,31 @@ async fn idle_keepalive_connection_closed() {
     assert_fired_in_time("downstream_idle", elapsed, Duration::from_secs(1));
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_wait_restarts_per_request() {
+    let backend = SilentBackend::start().await;
+    let gateway = Gateway::start(&config(&backend.address(), "  downstream_idle: 1s")).await;
+
+    let mut client = HttpClient::connect(gateway.listen_addr()).await;
+    let first = client.send(&common::Request::get("/")).await;
+    assert_eq!(first.status, 200, "first request");
+    // The client stays idle for most of the idle timeout before its next request, so a wait
+    // that kept the first wait's deadline would close the connection too early.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let second = client.send(&common::Request::get("/")).await;
+    assert_eq!(second.status, 200, "second request on the same connection");
+
+    let started = Instant::now();
+    let rest = client.read_until_close().await.expect("read until close");
+    let elapsed = started.elapsed();
+    assert!(rest.is_empty(), "nothing is sent before closing: {rest:?}");
+    assert_fired_in_time(
+        "downstream_idle after the second request",
+        elapsed,
+        Duration::from_secs(1),
+    );
+}
+
 /// Starts a backend that responds to each request with a 64 MiB body, counting the bytes it manages to
 /// write, and reports when the gateway stops taking them.
 async fn start_large_response_backend() -> (String, mpsc::UnboundedReceiver<usize>) {
