@@ -2,6 +2,7 @@
 //! first bytes in its own loop and reads them into a 1 KiB buffer of the client stream, which
 //! Pingora's header parser then reads first. These tests send the next request in the shapes
 //! that exercise that handoff: larger than the buffer, in pieces, and on many connections.
+//! Requests that rule out keep-alive must close their connection after the response.
 
 mod common;
 
@@ -104,4 +105,63 @@ async fn idle_connections_serve_next_request() {
         assert_eq!(response.echoed().target, format!("/api/b{i}"));
     }
     assert_eq!(backend.request_count(), 2 * CONNECTIONS);
+}
+
+/// Sends `request` on a new connection and returns the response head and whether the gateway
+/// closed the connection after the response.
+async fn response_then_close(gateway: &Gateway, request: &[u8]) -> (String, bool) {
+    let mut client = HttpClient::connect(gateway.listen_addr()).await;
+    client.send_raw(request).await.expect("send request");
+    let response = client.read_response(false).await.expect("read response");
+    let head = format!(
+        "{} connection={}",
+        response.status,
+        response.header("connection").unwrap_or("-")
+    );
+    let closed = tokio::time::timeout(Duration::from_secs(2), client.read_until_close())
+        .await
+        .is_ok_and(|rest| rest.is_ok_and(|rest| rest.is_empty()));
+    (head, closed)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn requests_that_rule_out_keepalive_close() {
+    let backend = EchoBackend::start("b").await;
+    let gateway = Gateway::start(&config(&backend.address())).await;
+
+    let cases: [(&str, &[u8]); 3] = [
+        ("HTTP/1.0", b"GET /api/a HTTP/1.0\r\nHost: b\r\n\r\n"),
+        (
+            "Connection: close",
+            b"GET /api/a HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n",
+        ),
+        (
+            "Content-Length with Transfer-Encoding",
+            b"POST /api/a HTTP/1.1\r\nHost: b\r\nContent-Length: 3\r\n\
+              Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+        ),
+    ];
+    for (case, request) in cases {
+        let (head, closed) = response_then_close(&gateway, request).await;
+        assert!(head.starts_with("200 "), "{case}: status in {head}");
+        assert!(
+            !head.contains("keep-alive"),
+            "{case}: the response announces no keep-alive: {head}"
+        );
+        assert!(closed, "{case}: the gateway closes the connection at once");
+    }
+
+    let (head, closed) = response_then_close(
+        &gateway,
+        b"GET /api/a HTTP/1.0\r\nHost: b\r\nConnection: keep-alive\r\n\r\n",
+    )
+    .await;
+    assert_eq!(
+        head, "200 connection=keep-alive",
+        "HTTP/1.0 with keep-alive"
+    );
+    assert!(
+        !closed,
+        "an HTTP/1.0 client that asks for keep-alive keeps it"
+    );
 }

@@ -575,6 +575,43 @@ async fn sigterm_finishes_in_flight_requests() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn drain_closes_kept_alive_connections() {
+    // The response comes after the 1 s in which kept-alive connections may still send a next
+    // request during a drain.
+    let backend = DelayedBackend::start(Duration::from_millis(1500)).await;
+    let yaml = slow_backend_config(&backend);
+    let mut gateway = Gateway::start(&yaml).await;
+    let mut client = HttpClient::connect(gateway.listen_addr()).await;
+    let first = client.send(&Request::get("/before")).await;
+    assert_eq!(first.status, 200, "request before the drain");
+    assert_eq!(first.header("connection"), Some("keep-alive"));
+
+    let in_flight = tokio::spawn(async move {
+        let response = client.send(&Request::get("/in-flight")).await;
+        (client, response)
+    });
+    backend.wait_for_requests(2).await;
+    gateway.signal(libc::SIGTERM);
+
+    let (mut client, response) = in_flight.await.expect("request task");
+    assert_eq!(response.status, 200, "the request in flight is finished");
+    assert_eq!(
+        response.header("connection"),
+        Some("close"),
+        "a response sent during the drain closes the connection"
+    );
+    let rest = client.read_until_close().await.expect("read until close");
+    assert!(rest.is_empty(), "nothing follows the response: {rest:?}");
+    let status = gateway.wait_for_exit(Duration::from_secs(10)).await;
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(0),
+        "exit code after SIGTERM\nstderr:\n{}",
+        gateway.stderr()
+    );
+}
+
 /// Kills a spawned process when dropped, so a failing test leaves none running.
 struct KillOnDrop(Child);
 

@@ -467,8 +467,9 @@ impl ProxyHttp for Gateway {
         Ok(None)
     }
 
-    /// Applies the route's response header operations, returns the request id, and fixes the
-    /// framing of an HTTP/1.0 upstream response for the client.
+    /// Applies the route's response header operations, returns the request id, fixes the
+    /// framing of an HTTP/1.0 upstream response for the client, and closes the connection
+    /// after the response once a drain has begun.
     async fn response_filter(
         &self,
         session: &mut Session,
@@ -477,6 +478,12 @@ impl ProxyHttp for Gateway {
     ) -> Result<()> {
         if !session.as_downstream().is_http2() {
             frame_for_http1_client(session, response)?;
+        }
+        if self.lifecycle.phase() != crate::lifecycle::Phase::Running {
+            // The drain began while this request ran. Its response closes the connection, as
+            // those of requests that arrive during the drain do, so that the client does not
+            // send a next request into a connection about to close.
+            session.set_keepalive(None);
         }
         if let Some(route) = &ctx.route {
             route.response_headers.apply_to_response(response);

@@ -34,6 +34,12 @@ pub fn apply_downstream_timeouts(session: &mut Session, ctx: &RequestContext, sh
         session.set_keepalive(None);
         return;
     }
+    // Pingora has already turned keep-alive off where the request rules it out: `Connection:
+    // close`, HTTP/1.0 without `Connection: keep-alive`, or both Content-Length and
+    // Transfer-Encoding. Setting a timeout now would turn it back on.
+    if session.as_downstream().get_keepalive().is_none() {
+        return;
+    }
     let idle_seconds = timeouts.downstream_idle.as_millis().div_ceil(1000).max(1) as u64;
     session.set_keepalive(Some(idle_seconds));
     // The wait before the next request's first byte runs in `keepalive`, on the same value.
