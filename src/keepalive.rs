@@ -30,8 +30,9 @@ pub async fn serve_http1<A: HttpServerApp + Send + Sync + 'static>(
     mut closing: watch::Receiver<bool>,
 ) {
     let mut session = ServerSession::new_http1(stream);
-    // As in Pingora's loop: its default keep-alive, and none once the shutdown has started.
-    let first_keepalive = (!*shutdown.borrow()).then_some(DEFAULT_IDLE_TIMEOUT.as_secs());
+    // Keep-alive unless the shutdown has started, with no limit of Pingora's own on the reads
+    // of a request header (0): the header deadline of the client stream bounds the header.
+    let first_keepalive = (!*shutdown.borrow()).then_some(0);
     session.set_keepalive(first_keepalive);
     session.set_keepalive_reuses_remaining(
         app.server_options()

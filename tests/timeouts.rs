@@ -409,6 +409,45 @@ async fn header_deadline_per_kept_alive_request() {
     assert_fired_in_time("downstream_header", elapsed, Duration::from_secs(1));
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn stalled_next_header_gets_408() {
+    let backend = SilentBackend::start().await;
+    // The header deadline is longer than the idle time, so only the header deadline may end
+    // a next request that has started.
+    let timeouts = "  downstream_header: 2s\n  downstream_idle: 1s";
+    let gateway = Gateway::start(&config(&backend.address(), timeouts)).await;
+
+    let mut client = HttpClient::connect(gateway.listen_addr()).await;
+    let first = client.send(&common::Request::get("/")).await;
+    assert_eq!(first.status, 200, "first request");
+
+    let started = Instant::now();
+    client.send_raw(b"GET / HT").await.expect("send part");
+    let rest = client.read_until_close().await.expect("read until close");
+    let elapsed = started.elapsed();
+    let text = String::from_utf8_lossy(&rest);
+    assert!(
+        text.starts_with("HTTP/1.1 408 Request Timeout\r\n"),
+        "a 408 for the stalled next header: {text:?}"
+    );
+    assert_fired_in_time("downstream_header", elapsed, Duration::from_secs(2));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn subsecond_idle_time_exact() {
+    let backend = SilentBackend::start().await;
+    let gateway = Gateway::start(&config(&backend.address(), "  downstream_idle: 300ms")).await;
+
+    let mut client = HttpClient::connect(gateway.listen_addr()).await;
+    let response = client.send(&common::Request::get("/")).await;
+    assert_eq!(response.status, 200, "first request");
+    let started = Instant::now();
+    let rest = client.read_until_close().await.expect("read until close");
+    let elapsed = started.elapsed();
+    assert!(rest.is_empty(), "nothing is sent before closing: {rest:?}");
+    assert_fired_in_time("downstream_idle", elapsed, Duration::from_millis(300));
+}
+
 /// Starts a backend that sends a chunked 200 and then one 5-byte chunk every `gap`, `chunks` times,
 /// then the last chunk.
 async fn start_trickling_backend(gap: Duration, chunks: usize) -> String {

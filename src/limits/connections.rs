@@ -255,6 +255,9 @@ impl<A: HttpServerApp + Send + Sync + 'static> ConnectionLimitedApp<A> {
                 stream.selected_alpn_proto(),
                 Some(ALPN::H2) | Some(ALPN::Custom(_))
             );
+        // NOTE: an HTTP/1 connection in Pingora's loop would wait for its next request without
+        // a limit, because the proxy turns Pingora's keep-alive timeout off for wrapped streams.
+        // gatehouse sets neither h2c nor custom protocols, so only HTTP/2 takes that loop.
         if !pingora_loop {
             let closing = self.close_idle.subscribe();
             return serve_http1(&self.inner, stream, shutdown, closing).await;

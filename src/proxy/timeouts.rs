@@ -6,10 +6,10 @@
 //!   upstream request is aborted.
 //! - `downstream_write`: Pingora's write timeout, which bounds each wait for the client to
 //!   take response bytes. When it expires the client connection is closed.
-//! - `downstream_idle`: the wait for the first byte of the next request on a kept-alive
-//!   connection (`crate::keepalive`), then Pingora's keep-alive timeout, which bounds each
-//!   further read of that request's header. Pingora takes it in whole seconds, so it is
-//!   rounded up, and the wait uses the same value.
+//! - `downstream_idle`: on HTTP/1, the wait for the first byte of the next request on a
+//!   kept-alive connection (`crate::keepalive`). The rest of that header is bounded by
+//!   `downstream_header`, so Pingora's own keep-alive timeout, which would bound each read of
+//!   the header and close the connection without a response, is set to no limit.
 //!
 //! All three bound single waits (an idle time), not a total. `downstream_header` and `request`
 //! are deadlines; they run on the client stream, see `limits::client_deadlines`.
@@ -18,7 +18,6 @@ use crate::context::RequestContext;
 use crate::errors::CLIENT_CLOSED_REQUEST;
 use pingora_error::{Error, ErrorSource, ErrorType};
 use pingora_proxy::Session;
-use std::time::Duration;
 
 /// Sets the body read, response write and keep-alive idle timeouts for this request, from
 /// its route or, for requests that match none, from the top-level `timeouts`. While the
@@ -40,11 +39,18 @@ pub fn apply_downstream_timeouts(session: &mut Session, ctx: &RequestContext, sh
     if session.as_downstream().get_keepalive().is_none() {
         return;
     }
-    let idle_seconds = timeouts.downstream_idle.as_millis().div_ceil(1000).max(1) as u64;
-    session.set_keepalive(Some(idle_seconds));
-    // The wait before the next request's first byte runs in `keepalive`, on the same value.
-    if let Some(control) = super::stream_control(session) {
-        control.set_idle_timeout(Duration::from_secs(idle_seconds));
+    // The wait before the next request's first byte runs in `keepalive`.
+    let in_keepalive_loop = super::stream_control(session)
+        .map(|control| control.set_idle_timeout(timeouts.downstream_idle))
+        .is_some();
+    if in_keepalive_loop {
+        // 0: Pingora sets no limit of its own on the reads of the next header.
+        session.set_keepalive(Some(0));
+    } else {
+        // HTTP/2, where Pingora ignores it, or an HTTP/1 stream that is not wrapped (not
+        // expected). Pingora's timeout, in whole seconds, then bounds the wait.
+        let idle_seconds = timeouts.downstream_idle.as_millis().div_ceil(1000).max(1) as u64;
+        session.set_keepalive(Some(idle_seconds));
     }
 }
 
