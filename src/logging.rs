@@ -90,9 +90,21 @@ pub fn init() {
     let server_layer = tracing_subscriber::fmt::layer()
         .with_writer(ServerWriter)
         .with_ansi(false)
-        .with_filter(server_filter);
+        .with_filter(server_filter)
+        .with_filter(tracing_subscriber::filter::filter_fn(|event| {
+            !is_pool_race_error(event)
+        }));
     let _ = tracing_log::LogTracer::init_with_filter(log_max_level);
     let _ = tracing_subscriber::registry().with(server_layer).try_init();
+}
+
+/// True for Pingora's "failed to acquire reusable stream" error, the only error that its
+/// `pingora_core::connectors` module logs. Pingora 0.9.1 logs it when its connection pool hands
+/// out an idle upstream connection that the pool's idle watcher still holds. Pingora then opens
+/// a new connection and the request goes on, so the line only alarms: under concurrent load it
+/// came with about 4% of proxied requests, with no peer or cause named.
+fn is_pool_race_error(event: &tracing::Metadata<'_>) -> bool {
+    *event.level() == tracing::Level::ERROR && event.target() == "pingora_core::connectors"
 }
 
 /// Starts new writer threads in a forked daemon, whose parent's threads did not survive the

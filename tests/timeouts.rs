@@ -287,6 +287,11 @@ async fn client_disconnect_logged_499() {
         )
         .await;
     assert_eq!(requests, Some(1.0), "requests_total counts it as 499");
+    let stderr = gateway.stderr();
+    assert!(
+        !stderr.contains("Fail to proxy"),
+        "a client that hangs up is not an error in the server log:\n{stderr}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -579,6 +579,17 @@ impl ProxyHttp for Gateway {
         }
     }
 
+    /// Leaves failures that the client caused out of the error log: it closed the connection,
+    /// timed out or sent a malformed message. The access log records each with its status and
+    /// the metrics count them, so a client cannot flood the error log this way.
+    fn suppress_error_log(&self, _session: &Session, _ctx: &Self::CTX, error: &Error) -> bool {
+        if error.esource() != &pingora_error::ErrorSource::Downstream {
+            return false;
+        }
+        tracing::debug!(%error, "request failed on the client side");
+        true
+    }
+
     /// Records metrics and writes the access log line, once per request.
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Self::CTX) {
         access_log::record(session, e, ctx);
