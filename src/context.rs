@@ -35,6 +35,9 @@ pub struct RequestContext {
     pub request_deadline: Option<Instant>,
     /// Set when the request failed because its `request` deadline passed.
     pub request_deadline_expired: bool,
+    /// Set when an upgraded connection ended because it carried no bytes for the route's
+    /// `upstream_read`.
+    pub tunnel_idle_expired: bool,
     /// Response body held back under the route's `buffer_response`; None once the body has
     /// outgrown the buffer and is streamed.
     pub response_buffer: Option<bytes::BytesMut>,
@@ -63,6 +66,7 @@ impl RequestContext {
             body_bytes: 0,
             request_deadline: None,
             request_deadline_expired: false,
+            tunnel_idle_expired: false,
             response_buffer: None,
             upstream_sent_at: None,
             upstream_duration: None,

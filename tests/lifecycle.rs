@@ -447,6 +447,87 @@ routes:
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn websocket_tunnel_idle_limit() {
+    let backend = LongLivedBackend::start().await;
+    let yaml = format!(
+        r#"
+listen:
+  - address: "{{listen}}"
+admin:
+  address: "{{admin}}"
+upstreams:
+  - name: long
+    targets: [{{ address: "{}" }}]
+routes:
+  - name: ws
+    match: {{ path: /ws }}
+    upstream: long
+    timeouts: {{ request: 1s, upstream_read: 1s }}
+"#,
+        backend.addr
+    );
+    let gateway = Gateway::start(&yaml).await;
+    let mut socket = Conn::new(
+        TcpStream::connect(gateway.listen_addr())
+            .await
+            .expect("connect"),
+        Some(IO_TIMEOUT),
+    );
+    socket
+        .write_all(
+            b"GET /ws HTTP/1.1\r\nHost: gatehouse.test\r\nConnection: Upgrade\r\n\
+              Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
+              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+        )
+        .await
+        .expect("send the upgrade request");
+    let head = socket.read_head().await.expect("read 101").expect("a head");
+    assert_eq!(status_of(&head), 101, "upgrade status");
+
+    // Messages for twice the route's request deadline, with pauses shorter than the idle
+    // limit: the request deadline ends with the 101, and a tunnel in use stays open.
+    let started = Instant::now();
+    for (i, pause) in [0, 300, 600, 300, 600, 300].into_iter().enumerate() {
+        tokio::time::sleep(Duration::from_millis(pause)).await;
+        let message = format!("msg-{i}");
+        socket
+            .write_all(message.as_bytes())
+            .await
+            .unwrap_or_else(|e| panic!("send message {i} after {:?}: {e}", started.elapsed()));
+        let echo = socket
+            .read_exact_bytes(message.len())
+            .await
+            .unwrap_or_else(|e| panic!("echo of message {i} after {:?}: {e}", started.elapsed()));
+        assert_eq!(echo, message.as_bytes(), "echo of message {i}");
+    }
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "the tunnel outlived the request deadline"
+    );
+
+    // Then idle: the tunnel closes 1 s after its last byte. Tolerance: 700 ms.
+    let idle_since = Instant::now();
+    let rest = socket
+        .read_to_close()
+        .await
+        .expect("read until the tunnel closes");
+    let idle = idle_since.elapsed();
+    assert!(
+        rest.is_empty(),
+        "nothing arrives on the idle tunnel: {rest:?}"
+    );
+    assert!(
+        idle >= Duration::from_millis(900) && idle < Duration::from_millis(1700),
+        "the idle tunnel closed after {idle:?}, expected about 1 s"
+    );
+    let kind = [("route", "ws"), ("kind", "upstream_read")];
+    let counted = gateway
+        .wait_for_metric("gatehouse_timeouts_total", &kind, 1.0)
+        .await;
+    assert_eq!(counted, Some(1.0), "timeouts_total counts the idle tunnel");
+}
+
 /// A backend that responds to every request with 200 `done` after `delay`, and counts the
 /// requests it has received.
 struct DelayedBackend {

@@ -1,5 +1,7 @@
 //! Deadlines enforced on the client stream itself: `downstream_header`, a limit on the time a
 //! client takes to send a whole request header, and `request`, a limit on the whole request.
+//! After a protocol upgrade the request deadline's timer bounds the tunnel's idle time instead
+//! (`StreamControl::start_tunnel`).
 //!
 //! Pingora bounds each read of a request header, not the header as a whole, so a client that
 //! sends one byte just under every read timeout (slowloris) would hold its connection for as
@@ -53,6 +55,11 @@ pub struct StreamControl {
     /// How long the connection may wait for its next request, in milliseconds, or 0 when no
     /// request has set it yet.
     idle_timeout_millis: AtomicU64,
+    /// After a protocol upgrade, how long the tunnel may carry no bytes either way, in
+    /// milliseconds; 0 before an upgrade.
+    tunnel_idle_millis: AtomicU64,
+    /// Set when the tunnel's idle time failed a read.
+    tunnel_idle_fired: AtomicBool,
 }
 
 /// The wait for a next request when no request has set one: Pingora's default keep-alive.
@@ -92,6 +99,29 @@ impl StreamControl {
             .as_nanos()
             .max(1) as u64;
         self.request_deadline.store(nanos, Ordering::Release);
+    }
+
+    /// Turns the connection into a tunnel after a protocol upgrade (101). The request deadline
+    /// ends, and from now on the connection may carry no bytes in either direction for at most
+    /// `idle`: every byte read from or written to the client moves the deadline.
+    pub fn start_tunnel(&self, idle: Duration) {
+        let millis = u64::try_from(idle.as_millis()).unwrap_or(u64::MAX).max(1);
+        self.tunnel_idle_millis.store(millis, Ordering::Release);
+        self.extend_tunnel();
+    }
+
+    /// Moves the tunnel's idle deadline to `idle` from now; does nothing before an upgrade.
+    pub fn extend_tunnel(&self) {
+        let millis = self.tunnel_idle_millis.load(Ordering::Acquire);
+        if millis != 0 {
+            let deadline = std::time::Instant::now() + Duration::from_millis(millis);
+            self.set_request_deadline(deadline);
+        }
+    }
+
+    /// True when the tunnel's idle time has failed a client read.
+    pub fn tunnel_idle_fired(&self) -> bool {
+        self.tunnel_idle_fired.load(Ordering::Acquire)
     }
 
     /// Sets how long the connection may wait for its next request after this one.
@@ -164,10 +194,17 @@ impl RequestDeadline {
             return None;
         }
         control.request_deadline.store(0, Ordering::Release);
+        self.armed_for = 0;
+        if control.tunnel_idle_millis.load(Ordering::Acquire) != 0 {
+            control.tunnel_idle_fired.store(true, Ordering::Release);
+            return Some(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the upgraded connection carried no bytes within timeouts.upstream_read",
+            ));
+        }
         control
             .request_deadline_fired
             .store(true, Ordering::Release);
-        self.armed_for = 0;
         Some(io::Error::new(
             io::ErrorKind::TimedOut,
             "the request did not complete within timeouts.request",

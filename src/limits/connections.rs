@@ -351,7 +351,12 @@ impl AsyncRead for CountedStream {
             ahead.start += count;
             return Poll::Ready(Ok(()));
         }
-        this.header_deadline.poll_read(&mut this.inner, cx, buf)
+        let before = buf.filled().len();
+        let result = this.header_deadline.poll_read(&mut this.inner, cx, buf);
+        if buf.filled().len() > before {
+            this.header_deadline.progress().extend_tunnel();
+        }
+        result
     }
 }
 
@@ -361,7 +366,11 @@ impl AsyncWrite for CountedStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let result = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(result, Poll::Ready(Ok(written)) if written > 0) {
+            self.header_deadline.progress().extend_tunnel();
+        }
+        result
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -377,7 +386,11 @@ impl AsyncWrite for CountedStream {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let result = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(result, Poll::Ready(Ok(written)) if written > 0) {
+            self.header_deadline.progress().extend_tunnel();
+        }
+        result
     }
 
     fn is_write_vectored(&self) -> bool {

@@ -404,7 +404,8 @@ impl ProxyHttp for Gateway {
         Ok(())
     }
 
-    /// Records when the response header arrived and removes the upstream's hop-by-hop headers.
+    /// Records when the response header arrived, turns an upgraded connection into a tunnel
+    /// with an idle limit, and removes the upstream's hop-by-hop headers.
     async fn upstream_response_filter(
         &self,
         session: &mut Session,
@@ -426,6 +427,15 @@ impl ProxyHttp for Gateway {
                 "upstream switched protocols without an upgrade request",
             )
             .into_up());
+        }
+        if upstream_response.status == StatusCode::SWITCHING_PROTOCOLS {
+            // The HTTP exchange ends with the 101 (`request` runs to the end of the upstream
+            // response). Pingora bounds none of the tunnel's waits that follow, so the client
+            // stream closes it after `upstream_read` without bytes in either direction.
+            ctx.request_deadline = None;
+            if let (Some(control), Some(route)) = (stream_control(session), &ctx.route) {
+                control.start_tunnel(route.timeouts.upstream_read);
+            }
         }
         crate::headers::remove_response_hop_by_hop(upstream_response);
         if !upstream_response.status.is_informational() {
@@ -592,6 +602,7 @@ impl ProxyHttp for Gateway {
 
     /// Records metrics and writes the access log line, once per request.
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Self::CTX) {
+        ctx.tunnel_idle_expired = stream_control(session).is_some_and(|c| c.tunnel_idle_fired());
         access_log::record(session, e, ctx);
         if let Some(progress) = stream_control(session) {
             progress.mark_finished();

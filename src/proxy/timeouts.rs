@@ -77,7 +77,11 @@ pub fn is_timeout(error: &Error) -> bool {
 pub fn record_outcome(error: Option<&Error>, status: u16, ctx: &RequestContext) {
     let m = crate::metrics::metrics();
     let route = ctx.route_name();
-    if ctx.request_deadline_expired {
+    if ctx.tunnel_idle_expired {
+        m.timeouts_total
+            .with_label_values(&[route, "upstream_read"])
+            .inc();
+    } else if ctx.request_deadline_expired {
         m.timeouts_total
             .with_label_values(&[route, "request"])
             .inc();
