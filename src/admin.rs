@@ -16,7 +16,7 @@ use pingora_core::apps::ServerApp;
 use pingora_core::protocols::http::ServerSession;
 use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::BackgroundService;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,8 +25,10 @@ use std::time::Duration;
 /// reloads are handled.
 ///
 /// Pingora binds a service's listeners inside the service task and reports nothing when they
-/// are bound, so until the gateway has been seen ready, each `/readyz` request connects to
-/// every listener to find out. After that the check reads a flag.
+/// are bound, so until the gateway has been seen ready, each `/readyz` request looks for a
+/// listening socket of this process on every listener address. After that the check reads a
+/// flag. Connecting to the address would not do: if another process took the port after the
+/// start-up check, Pingora retries its bind forever, and the other process would accept.
 pub struct Readiness {
     ready: AtomicBool,
     lifecycle: Arc<Lifecycle>,
@@ -35,15 +37,56 @@ pub struct Readiness {
     pub reload_handler_installed: AtomicBool,
 }
 
-/// Returns an address to connect to for a listener: a wildcard address is reached on
-/// loopback.
-fn connectable(addr: SocketAddr) -> SocketAddr {
-    let ip = match addr.ip() {
-        IpAddr::V4(v4) if v4.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
-        IpAddr::V6(v6) if v6.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
-        ip => ip,
+/// Returns whether this process has a TCP socket listening on `addr`: a socket in the LISTEN
+/// state on that address in `/proc/net/tcp` or `/proc/net/tcp6` whose inode is one of this
+/// process's open files. NOTE: this reads Linux's `/proc`; on another system it finds no
+/// listener, and the gateway never reports ready.
+fn listening_here(addr: SocketAddr) -> bool {
+    let (table, local) = match addr.ip() {
+        IpAddr::V4(v4) => (
+            "/proc/net/tcp",
+            format!("{:08X}", u32::from_ne_bytes(v4.octets())),
+        ),
+        IpAddr::V6(v6) => (
+            "/proc/net/tcp6",
+            v6.octets()
+                .chunks_exact(4)
+                .map(|word| {
+                    format!(
+                        "{:08X}",
+                        u32::from_ne_bytes([word[0], word[1], word[2], word[3]])
+                    )
+                })
+                .collect(),
+        ),
     };
-    SocketAddr::new(ip, addr.port())
+    let local = format!("{local}:{:04X}", addr.port());
+    const LISTEN: &str = "0A";
+    let Ok(text) = std::fs::read_to_string(table) else {
+        return false;
+    };
+    // Columns: sl, local_address, rem_address, st, tx_queue:rx_queue, tr:tm->when, retrnsmt,
+    // uid, timeout, inode.
+    let inodes: Vec<String> = text
+        .lines()
+        .skip(1)
+        .map(|line| line.split_whitespace().collect::<Vec<_>>())
+        .filter(|fields| fields.len() > 9 && fields[1] == local && fields[3] == LISTEN)
+        .map(|fields| format!("socket:[{}]", fields[9]))
+        .collect();
+    if inodes.is_empty() {
+        return false;
+    }
+    let Ok(fds) = std::fs::read_dir("/proc/self/fd") else {
+        return false;
+    };
+    fds.flatten()
+        .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+        .any(|target| {
+            inodes
+                .iter()
+                .any(|inode| target.as_os_str() == inode.as_str())
+        })
 }
 
 impl Readiness {
@@ -51,7 +94,7 @@ impl Readiness {
         Readiness {
             ready: AtomicBool::new(false),
             lifecycle,
-            listeners: listeners.into_iter().map(connectable).collect(),
+            listeners,
             reload_handler_installed: AtomicBool::new(false),
         }
     }
@@ -72,19 +115,13 @@ impl Readiness {
         if !self.reload_handler_installed.load(Ordering::Acquire) {
             return false;
         }
-        for addr in &self.listeners {
-            let probe = tokio::time::timeout(PROBE_TIMEOUT, tokio::net::TcpStream::connect(addr));
-            if !matches!(probe.await, Ok(Ok(_))) {
-                return false;
-            }
+        if !self.listeners.iter().all(|addr| listening_here(*addr)) {
+            return false;
         }
         self.set(true);
         true
     }
 }
-
-/// How long a readiness probe waits for a listener to accept.
-const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
 
 pub struct AdminApp {
     pub readiness: Arc<Readiness>,
@@ -200,3 +237,62 @@ impl BackgroundService for AdminService {
 
 /// Pause after a failed accept on the admin listener.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+
+    #[test]
+    fn own_listeners_found() {
+        for bind in ["127.0.0.1:0", "[::1]:0"] {
+            let listener = std::net::TcpListener::bind(bind).expect("bind a listener");
+            let addr = listener.local_addr().expect("listener address");
+            assert!(listening_here(addr), "this process listens on {addr}");
+            drop(listener);
+            assert!(
+                !listening_here(addr),
+                "nothing listens on {addr} after the close"
+            );
+        }
+    }
+
+    #[test]
+    fn other_process_listener_ignored() {
+        // A listener of another process on the address, as when another program took the
+        // port between the start-up check and Pingora's bind.
+        let mut child = Command::new("python3")
+            .args([
+                "-c",
+                "import socket, sys\n\
+                 s = socket.socket()\n\
+                 s.bind(('127.0.0.1', 0))\n\
+                 s.listen()\n\
+                 print(s.getsockname()[1], flush=True)\n\
+                 sys.stdin.read()\n",
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start python3");
+
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("child stdout"))
+            .read_line(&mut line)
+            .expect("read the child's port");
+        let port: u16 = line.trim().parse().expect("a port number");
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+
+        let connected = std::net::TcpStream::connect(addr);
+        let found = listening_here(addr);
+        drop(child.stdin.take());
+        let _ = child.wait();
+
+        assert!(connected.is_ok(), "the other process accepts on {addr}");
+        assert!(
+            !found,
+            "a listener of another process is not this gateway's"
+        );
+    }
+}
