@@ -694,9 +694,28 @@ pub fn closed_port() -> SocketAddr {
 
 /// Binds 127.0.0.1:0, reads the port the kernel picked and releases it.
 pub fn free_loopback_addr() -> SocketAddr {
-    let listener =
-        std::net::TcpListener::bind("127.0.0.1:0").expect("bind a probe socket on 127.0.0.1:0");
-    listener.local_addr().expect("probe socket address")
+    free_loopback_addrs::<1>()[0]
+}
+
+/// Returns `N` distinct loopback addresses on which nothing listens now, none of them handed
+/// out before in this test process. The tests of one file run in parallel, and the kernel may
+/// give a released port to the next probe, so two gateways could otherwise get the same port.
+pub fn free_loopback_addrs<const N: usize>() -> [SocketAddr; N] {
+    static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+    // All probe sockets stay bound until every port is read, so the kernel cannot hand out
+    // the same port twice within one call.
+    let mut probes = Vec::new();
+    while probes.len() < N {
+        let probe =
+            std::net::TcpListener::bind("127.0.0.1:0").expect("bind a probe socket on 127.0.0.1:0");
+        let addr = probe.local_addr().expect("probe socket address");
+        if !handed_out.contains(&addr.port()) {
+            handed_out.push(addr.port());
+            probes.push((probe, addr));
+        }
+    }
+    std::array::from_fn(|i| probes[i].1)
 }
 
 // ---------------------------------------------------------------------------
@@ -714,13 +733,7 @@ pub struct ConfigFile {
 
 impl ConfigFile {
     pub fn write(yaml: &str) -> ConfigFile {
-        // Both probe sockets stay bound until both ports are read, so the kernel cannot hand
-        // out the same port twice, which the config check would reject as an overlap.
-        let listen_probe = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a probe socket");
-        let admin_probe = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a probe socket");
-        let listen = listen_probe.local_addr().expect("probe socket address");
-        let admin = admin_probe.local_addr().expect("probe socket address");
-        drop((listen_probe, admin_probe));
+        let [listen, admin] = free_loopback_addrs::<2>();
         let text = yaml
             .replace("{listen}", &listen.to_string())
             .replace("{admin}", &admin.to_string());
