@@ -37,9 +37,12 @@ pub struct Readiness {
     pub reload_handler_installed: AtomicBool,
 }
 
+/// The LISTEN state as the `st` column of `/proc/net/tcp` and `/proc/net/tcp6` shows it.
+const TCP_LISTEN: &str = "0A";
+
 /// Returns whether this process has a TCP socket listening on `addr`: a socket in the LISTEN
 /// state on that address in `/proc/net/tcp` or `/proc/net/tcp6` whose inode is one of this
-/// process's open files. NOTE: this reads Linux's `/proc`; on another system it finds no
+/// process's open files. NOTE: this reads Linux's `/proc`, so on another system it finds no
 /// listener, and the gateway never reports ready.
 fn listening_here(addr: SocketAddr) -> bool {
     let (table, local) = match addr.ip() {
@@ -61,7 +64,6 @@ fn listening_here(addr: SocketAddr) -> bool {
         ),
     };
     let local = format!("{local}:{:04X}", addr.port());
-    const LISTEN: &str = "0A";
     let Ok(text) = std::fs::read_to_string(table) else {
         return false;
     };
@@ -71,7 +73,7 @@ fn listening_here(addr: SocketAddr) -> bool {
         .lines()
         .skip(1)
         .map(|line| line.split_whitespace().collect::<Vec<_>>())
-        .filter(|fields| fields.len() > 9 && fields[1] == local && fields[3] == LISTEN)
+        .filter(|fields| fields.len() > 9 && fields[1] == local && fields[3] == TCP_LISTEN)
         .map(|fields| format!("socket:[{}]", fields[9]))
         .collect();
     if inodes.is_empty() {

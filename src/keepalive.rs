@@ -62,10 +62,9 @@ pub async fn serve_http1<A: HttpServerApp + Send + Sync + 'static>(
 
 /// Waits until the client sends the first bytes of its next request, for at most the idle
 /// timeout of the last request, and returns the stream with those bytes kept for Pingora's
-/// read. Returns None when the
-/// connection should close instead: the idle time ran out, the client closed or the stream
-/// failed, or the process is closing its idle connections. A request already on its way is
-/// preferred over closing.
+/// read. Returns None when the connection should close instead: the idle time ran out, the
+/// client closed or the stream failed, or the process is closing its idle connections. A
+/// request already on its way is preferred over closing.
 async fn wait_for_next_request(
     stream: Stream,
     mut timer: Pin<&mut Sleep>,

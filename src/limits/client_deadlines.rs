@@ -56,7 +56,7 @@ pub struct StreamControl {
     /// request has set it yet.
     idle_timeout_millis: AtomicU64,
     /// After a protocol upgrade, how long the tunnel may carry no bytes either way, in
-    /// milliseconds; 0 before an upgrade.
+    /// milliseconds, or 0 before an upgrade.
     tunnel_idle_millis: AtomicU64,
     /// Set when the tunnel's idle time failed a read.
     tunnel_idle_fired: AtomicBool,
@@ -64,6 +64,14 @@ pub struct StreamControl {
 
 /// The wait for a next request when no request has set one: Pingora's default keep-alive.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Returns `duration` in whole milliseconds, at least 1, because 0 stands for "not set" in the
+/// fields that store it.
+fn nonzero_millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis())
+        .unwrap_or(u64::MAX)
+        .max(1)
+}
 
 /// Returns the process-wide origin of the deadlines stored as integers.
 fn clock_origin() -> Instant {
@@ -105,12 +113,13 @@ impl StreamControl {
     /// ends, and from now on the connection may carry no bytes in either direction for at most
     /// `idle`: every byte read from or written to the client moves the deadline.
     pub fn start_tunnel(&self, idle: Duration) {
-        let millis = u64::try_from(idle.as_millis()).unwrap_or(u64::MAX).max(1);
-        self.tunnel_idle_millis.store(millis, Ordering::Release);
+        self.tunnel_idle_millis
+            .store(nonzero_millis(idle), Ordering::Release);
         self.extend_tunnel();
     }
 
-    /// Moves the tunnel's idle deadline to `idle` from now; does nothing before an upgrade.
+    /// Moves the tunnel's idle deadline to its idle time from now. Does nothing before an
+    /// upgrade.
     pub fn extend_tunnel(&self) {
         let millis = self.tunnel_idle_millis.load(Ordering::Acquire);
         if millis != 0 {
@@ -126,10 +135,8 @@ impl StreamControl {
 
     /// Sets how long the connection may wait for its next request after this one.
     pub fn set_idle_timeout(&self, timeout: Duration) {
-        let millis = u64::try_from(timeout.as_millis())
-            .unwrap_or(u64::MAX)
-            .max(1);
-        self.idle_timeout_millis.store(millis, Ordering::Release);
+        self.idle_timeout_millis
+            .store(nonzero_millis(timeout), Ordering::Release);
     }
 
     /// Returns how long the connection may wait for its next request.

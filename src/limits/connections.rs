@@ -360,6 +360,15 @@ impl AsyncRead for CountedStream {
     }
 }
 
+impl CountedStream {
+    /// Moves an upgraded connection's idle deadline when a write sent bytes to the client.
+    fn extend_tunnel_after_write(&self, result: &Poll<std::io::Result<usize>>) {
+        if matches!(result, Poll::Ready(Ok(written)) if *written > 0) {
+            self.header_deadline.progress().extend_tunnel();
+        }
+    }
+}
+
 impl AsyncWrite for CountedStream {
     fn poll_write(
         mut self: Pin<&mut Self>,
@@ -367,9 +376,7 @@ impl AsyncWrite for CountedStream {
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
         let result = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if matches!(result, Poll::Ready(Ok(written)) if written > 0) {
-            self.header_deadline.progress().extend_tunnel();
-        }
+        self.extend_tunnel_after_write(&result);
         result
     }
 
@@ -387,9 +394,7 @@ impl AsyncWrite for CountedStream {
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
         let result = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        if matches!(result, Poll::Ready(Ok(written)) if written > 0) {
-            self.header_deadline.progress().extend_tunnel();
-        }
+        self.extend_tunnel_after_write(&result);
         result
     }
 

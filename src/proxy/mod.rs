@@ -430,8 +430,9 @@ impl ProxyHttp for Gateway {
         }
         if upstream_response.status == StatusCode::SWITCHING_PROTOCOLS {
             // The HTTP exchange ends with the 101 (`request` runs to the end of the upstream
-            // response). Pingora bounds none of the tunnel's waits that follow, so the client
-            // stream closes it after `upstream_read` without bytes in either direction.
+            // response). Pingora 0.9.1 applies neither `upstream_read` nor `downstream_body` to
+            // the tunnel that follows, so the client stream closes it after `upstream_read`
+            // without bytes in either direction.
             ctx.request_deadline = None;
             if let (Some(control), Some(route)) = (stream_control(session), &ctx.route) {
                 control.start_tunnel(route.timeouts.upstream_read);
@@ -602,10 +603,11 @@ impl ProxyHttp for Gateway {
 
     /// Records metrics and writes the access log line, once per request.
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Self::CTX) {
-        ctx.tunnel_idle_expired = stream_control(session).is_some_and(|c| c.tunnel_idle_fired());
+        let control = stream_control(session);
+        ctx.tunnel_idle_expired = control.is_some_and(|c| c.tunnel_idle_fired());
         access_log::record(session, e, ctx);
-        if let Some(progress) = stream_control(session) {
-            progress.mark_finished();
+        if let Some(control) = control {
+            control.mark_finished();
         }
         ctx.in_flight = None;
         ctx.route_permit = None;
